@@ -1,0 +1,13 @@
+"""sparseprune: numba-accelerated sparse kernels that turn pruning into real speed."""
+from __future__ import annotations
+
+from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "get_num_threads",
+    "set_num_threads",
+    "thread_limit",
+    "threading_layer",
+]

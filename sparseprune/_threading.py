@@ -1,0 +1,85 @@
+"""Thread settings shared by BLAS and numba, and a thread-safe numba threading layer.
+
+numba's default ``workqueue`` layer aborts the whole process when parallel code
+is entered from several Python threads at once ("Concurrent access has been
+detected", numba#9288). Unless the user chose a layer (``NUMBA_THREADING_LAYER``),
+sparseprune asks numba for a thread-safe one (``tbb`` or ``omp``). If numba ends
+up on ``workqueue`` anyway, :func:`parallel_guard` serialises our parallel
+kernel launches with a lock instead of letting the process die.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Iterator
+
+import numba
+from threadpoolctl import threadpool_limits
+
+if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "threadsafe"
+
+_launch_lock = threading.Lock()
+_SAFE_LAYERS = ("tbb", "omp")
+
+
+def threading_layer() -> str:
+    """The numba threading layer in use, or ``"unset"`` before the first parallel launch."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "unset"
+
+
+@contextlib.contextmanager
+def parallel_guard() -> Iterator[None]:
+    """Serialise a parallel kernel launch unless the threading layer is known to be thread-safe."""
+    if threading_layer() in _SAFE_LAYERS:
+        yield
+        return
+    with _launch_lock:
+        yield
+
+
+def get_num_threads() -> int:
+    """Number of threads numba's parallel kernels use."""
+    return numba.get_num_threads()
+
+
+def _check_threads(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"The 'n_threads' parameter must be a positive int. Got {n!r} instead.")
+    n = int(n)
+    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(
+            f"The 'n_threads' parameter must be an int in [1, {numba.config.NUMBA_NUM_THREADS}] "
+            f"(the cores numba was started with). Got {n} instead."
+        )
+    return n
+
+
+@contextlib.contextmanager
+def thread_limit(n_threads: int | None) -> Iterator[int]:
+    """Run the block with ``n_threads`` threads for BLAS (threadpoolctl) and numba alike.
+
+    ``None`` leaves both as they are. Yields the numba thread count in force.
+    """
+    if n_threads is None:
+        yield numba.get_num_threads()
+        return
+    n = _check_threads(n_threads)
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield n
+    finally:
+        numba.set_num_threads(old)
+
+
+def set_num_threads(n_threads: int) -> None:
+    """Set the thread count for numba kernels and every BLAS/OpenMP pool (threadpoolctl), globally."""
+    n = _check_threads(n_threads)
+    numba.set_num_threads(n)
+    threadpool_limits(limits=n)
