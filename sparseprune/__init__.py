@@ -2,10 +2,24 @@
 from __future__ import annotations
 
 from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
+from sparseprune.masking import (
+    SparsityInfo,
+    global_magnitude_prune,
+    magnitude_prune,
+    nm_prune,
+    sparsity_info,
+    threshold_mask,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SparsityInfo",
+    "global_magnitude_prune",
+    "magnitude_prune",
+    "nm_prune",
+    "sparsity_info",
+    "threshold_mask",
     "get_num_threads",
     "set_num_threads",
     "thread_limit",
