@@ -8,9 +8,10 @@ visits children before parents.
 
 Compiled-traversal layouts (built by :mod:`sparseprune.tree`):
 
-* compact: nodes renumbered so that siblings are adjacent; ``child[i]`` is the
-  left child (the right one is ``child[i] + 1``) or ``-1 - leaf_slot`` for a leaf.
-  One step is ``i = child[i] + (x > thr[i])``: no branch on the split outcome.
+* compact: nodes renumbered breadth-first so that siblings are adjacent;
+  ``child[i]`` is the left child (the right one is ``child[i] + 1``); a leaf is
+  its own child with threshold +inf. One step is ``i = child[i] + (x > thr[i])``:
+  no branch on the split outcome.
 * padded: a tree of depth ``D`` stored as a complete binary tree in heap order
   (``2**D - 1`` split slots, padding splits send everything left with
   ``thr = +inf``); a row takes exactly ``D`` branch-free steps
@@ -215,71 +216,172 @@ def preorder_keep(left, right, leaf):
 
 # --------------------------------------------------------------------------- inference
 
+# Rows traversed in lockstep inside a block: independent dependency chains the
+# CPU overlaps, instead of one row's chain of dependent loads at a time.
+GROUP = 8
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+_U2 = np.uint64(2)
+_U3 = np.uint64(3)
 
-def _forest_accumulate(X, pad_depth, node_off, leaf_off, feat, thr, child, leaf_map,
-                       values, out, block):
+
+def _forest_accumulate(X, pad_depth, node_off, leaf_off, pad_u, pad_f, nodes_u, nodes_f, leaf_map, values, out,
+                       block):
     """Sum every tree's leaf values into ``out`` (n_rows, n_cols), row blocks in parallel.
 
+    Returns 1 when every entry of ``float32(X)`` was finite, else 0 (``out`` is
+    then meaningless): the check rides on the float32 cast of each block.
+
     ``pad_depth[t] >= 0``: tree ``t`` uses the padded layout of that depth, its
-    splits at ``node_off[t]`` and bottom-slot leaf map at ``leaf_off[t]``;
-    ``pad_depth[t] < 0``: compact layout rooted at ``node_off[t]``.
-    ``values`` holds one row per leaf slot. Trees are the inner loop so a
-    tree's nodes stay cached across a block of rows; each block writes only its
-    own rows of ``out``.
+    splits at row ``node_off[t]`` of ``pad_u``/``pad_f`` (uint32/float32 views of
+    one (n, 2) buffer: feature, threshold) and its bottom-slot leaf map at
+    ``leaf_off[t]``. ``pad_depth[t] < 0``: compact layout rooted at row
+    ``node_off[t]`` of ``nodes_u``/``nodes_f`` (uint32/float32 views of one (n, 4) buffer:
+    feature, threshold, child, leaf slot); a leaf is
+    its own child with threshold +inf, so a row has finished when a step
+    leaves it in place.
+    Trees are the inner loop so a tree's hot nodes stay cached across a block
+    of rows; each block writes only its own rows of ``out``.
     """
-    n_rows = X.shape[0]
+    n_rows, n_feat = X.shape
     n_trees = pad_depth.shape[0]
     n_cols = values.shape[1]
     n_blocks = (n_rows + block - 1) // block
+    bad = np.zeros(max(n_blocks, 1), np.uint8)
     for b in prange(n_blocks):
         r0 = b * block
-        r1 = min(r0 + block, n_rows)
+        nr = min(block, n_rows - r0)
+        xb = np.empty((nr, n_feat), np.float32)
+        nonfinite = False
+        for r in range(nr):
+            for c in range(n_feat):
+                v = np.float32(X[r0 + r, c])
+                xb[r, c] = v
+                # v - v is 0 for finite v, NaN for NaN/inf; an OR (unlike a float sum) vectorises
+                nonfinite |= not (v - v == 0.0)
+        if nonfinite:
+            bad[b] = 1
+            continue
+        uidx = np.zeros(GROUP, np.uint64)
+        lane_row = np.zeros(GROUP, np.int64)
         for t in range(n_trees):
             base = node_off[t]
             d = pad_depth[t]
             if d >= 0:
-                lbase = leaf_off[t] - ((1 << d) - 1)
-                for r in range(r0, r1):
-                    i = 0
+                # padded: fixed depth, so GROUP rows step in lockstep with no branch at all.
+                # Unsigned indices (here and below): numba adds no negative-index wraparound code.
+                lb = leaf_off[t] - ((1 << d) - 1)
+                ubase = np.uint64(base)
+                for g0 in range(0, nr, GROUP):
+                    gn = min(GROUP, nr - g0)
+                    for j in range(gn):
+                        uidx[j] = _U0
                     for _ in range(d):
-                        f = feat[base + i]
-                        i = 2 * i + 1 + (np.float32(X[r, f]) > thr[base + i])
-                    slot = leaf_map[lbase + i]
-                    for c in range(n_cols):
-                        out[r, c] += values[slot, c]
+                        for j in range(gn):
+                            i = uidx[j]
+                            k = ubase + i
+                            row = np.uint64(g0 + j)
+                            uidx[j] = _U2 * i + _U1 + np.uint64(xb[row, pad_u[k, _U0]] > pad_f[k, _U1])
+                    for j in range(gn):
+                        slot = leaf_map[lb + np.int64(uidx[j])]
+                        for c in range(n_cols):
+                            out[r0 + g0 + j, c] += values[slot, c]
             else:
-                for r in range(r0, r1):
-                    i = base
-                    c0 = child[i]
-                    while c0 >= 0:
-                        i = c0 + (np.float32(X[r, feat[i]]) > thr[i])
-                        c0 = child[i]
-                    slot = -1 - c0
-                    for c in range(n_cols):
-                        out[r, c] += values[slot, c]
+                # lanes: GROUP rows in flight; a lane whose row reached its leaf takes the next row
+                next_r = 0
+                active = 0
+                ubase = np.uint64(base)
+                for j in range(GROUP):
+                    uidx[j] = ubase
+                    if next_r < nr:
+                        lane_row[j] = next_r
+                        next_r += 1
+                        active += 1
+                    else:
+                        lane_row[j] = -1
+                while active > 0:
+                    for j in range(GROUP):
+                        r = lane_row[j]
+                        if r < 0:
+                            continue
+                        i = uidx[j]
+                        nxt = np.uint64(nodes_u[i, _U2]) + np.uint64(xb[np.uint64(r), nodes_u[i, _U0]] > nodes_f[i, _U1])
+                        if nxt != i:
+                            uidx[j] = nxt
+                            continue
+                        slot = nodes_u[i, _U3]
+                        for c in range(n_cols):
+                            out[r0 + r, c] += values[slot, c]
+                        uidx[j] = ubase
+                        if next_r < nr:
+                            lane_row[j] = next_r
+                            next_r += 1
+                        else:
+                            lane_row[j] = -1
+                            active -= 1
+    return 1 - bad.max()
 
 
 forest_accumulate_serial, forest_accumulate = jit_variants(_forest_accumulate, fastmath=False)
 
 
-def _all_finite(X, block):
-    """1 when every entry of ``float32(X)`` is finite (neither NaN nor inf), else 0; row blocks in parallel."""
-    n_rows, n_cols = X.shape
-    n_blocks = (n_rows + block - 1) // block
-    bad = np.zeros(n_blocks, np.uint8)
-    for b in prange(n_blocks):
-        r0 = b * block
-        r1 = min(r0 + block, n_rows)
-        acc = np.float32(0.0)
-        for r in range(r0, r1):
-            for c in range(n_cols):
-                # checked after the float32 cast the traversal applies (1e39 becomes inf);
-                # v - v is 0 for finite v and NaN for NaN/inf, and NaN sticks in the sum
-                v = np.float32(X[r, c])
-                acc += v - v
-        if acc != 0.0:
-            bad[b] = 1
-    return 1 - bad.max() if n_blocks > 0 else 1
+# --------------------------------------------------------------------------- layout builders
 
 
-all_finite_serial, all_finite = jit_variants(_all_finite, fastmath=False)
+@jit(fastmath=False)
+def fill_padded(left, right, feature, thr32, leaf_slot, depth, nodes_i, nodes_f, leaf_map):
+    """Write one tree into the padded layout of ``depth`` levels (splits in heap order).
+
+    ``nodes_i``/``nodes_f`` (int32/float32 views of ``2**depth - 1`` packed
+    (feature, threshold) rows) must arrive with feature 0 and threshold +inf in every row (padding
+    splits send every finite row left); ``leaf_map`` (``2**depth`` slots)
+    receives, at the bottom slot a leaf's left spine ends in, the leaf's slot
+    in the value table.
+    """
+    n = left.shape[0]
+    pos = np.zeros(n, np.int64)
+    level = np.zeros(n, np.int64)
+    first_bottom = (1 << depth) - 1
+    for i in range(n):
+        p = pos[i]
+        if left[i] == _TREE_LEAF:
+            for _ in range(depth - level[i]):
+                p = 2 * p + 1
+            leaf_map[p - first_bottom] = leaf_slot[i]
+        else:
+            nodes_i[p, 0] = feature[i]
+            nodes_f[p, 1] = thr32[i]
+            pos[left[i]] = 2 * p + 1
+            pos[right[i]] = 2 * p + 2
+            level[left[i]] = level[i] + 1
+            level[right[i]] = level[i] + 1
+
+
+@jit(fastmath=False)
+def fill_compact(left, right, feature, thr32, leaf_slot, base, nodes_i, nodes_f):
+    """Write one tree into the compact layout at ``base``: breadth-first, siblings adjacent.
+
+    Node ``k`` of the tree goes to row ``base + k`` of the packed buffer
+    (``nodes_i``/``nodes_f`` are int32/float32 views of it): feature,
+    threshold, global index of the left child (the right one follows it) and,
+    for a leaf, its value slot. A leaf is its own child with threshold +inf.
+    """
+    n = left.shape[0]
+    queue = np.empty(n, np.int64)
+    queue[0] = 0
+    n_assigned = 1
+    for k in range(n):
+        o = queue[k]
+        if left[o] == _TREE_LEAF:
+            nodes_i[base + k, 0] = 0
+            nodes_f[base + k, 1] = np.inf
+            nodes_i[base + k, 2] = base + k
+            nodes_i[base + k, 3] = leaf_slot[o]
+        else:
+            nodes_i[base + k, 0] = feature[o]
+            nodes_f[base + k, 1] = thr32[o]
+            nodes_i[base + k, 2] = base + n_assigned
+            nodes_i[base + k, 3] = -1
+            queue[n_assigned] = left[o]
+            queue[n_assigned + 1] = right[o]
+            n_assigned += 2

@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
+from sparseprune.tree import CompiledTree, PruningReport, compile_tree, prune_tree, pruning_curve, tree_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompiledTree",
+    "PruningReport",
+    "compile_tree",
+    "prune_tree",
+    "pruning_curve",
+    "tree_report",
     "get_num_threads",
     "set_num_threads",
     "thread_limit",
