@@ -230,7 +230,9 @@ def _forest_accumulate(X, pad_depth, node_off, leaf_off, pad_u, pad_f, nodes_u, 
     """Sum every tree's leaf values into ``out`` (n_rows, n_cols), row blocks in parallel.
 
     Returns 1 when every entry of ``float32(X)`` was finite, else 0 (``out`` is
-    then meaningless): the check rides on the float32 cast of each block.
+    then meaningless). Each block is checked right before its traversal, so
+    the traversal finds the block's rows in cache; rows are read in X's own
+    dtype and cast to float32 per comparison, with no converted copy of X.
 
     ``pad_depth[t] >= 0``: tree ``t`` uses the padded layout of that depth, its
     splits at row ``node_off[t]`` of ``pad_u``/``pad_f`` (uint32/float32 views of
@@ -251,12 +253,11 @@ def _forest_accumulate(X, pad_depth, node_off, leaf_off, pad_u, pad_f, nodes_u, 
     for b in prange(n_blocks):
         r0 = b * block
         nr = min(block, n_rows - r0)
-        xb = np.empty((nr, n_feat), np.float32)
+        xb = X[r0:r0 + nr]
         nonfinite = False
         for r in range(nr):
             for c in range(n_feat):
-                v = np.float32(X[r0 + r, c])
-                xb[r, c] = v
+                v = np.float32(xb[r, c])
                 # v - v is 0 for finite v, NaN for NaN/inf; an OR (unlike a float sum) vectorises
                 nonfinite |= not (v - v == 0.0)
         if nonfinite:
@@ -281,7 +282,7 @@ def _forest_accumulate(X, pad_depth, node_off, leaf_off, pad_u, pad_f, nodes_u, 
                             i = uidx[j]
                             k = ubase + i
                             row = np.uint64(g0 + j)
-                            uidx[j] = _U2 * i + _U1 + np.uint64(xb[row, pad_u[k, _U0]] > pad_f[k, _U1])
+                            uidx[j] = _U2 * i + _U1 + np.uint64(np.float32(xb[row, pad_u[k, _U0]]) > pad_f[k, _U1])
                     for j in range(gn):
                         slot = leaf_map[lb + np.int64(uidx[j])]
                         for c in range(n_cols):
@@ -305,7 +306,8 @@ def _forest_accumulate(X, pad_depth, node_off, leaf_off, pad_u, pad_f, nodes_u, 
                         if r < 0:
                             continue
                         i = uidx[j]
-                        nxt = np.uint64(nodes_u[i, _U2]) + np.uint64(xb[np.uint64(r), nodes_u[i, _U0]] > nodes_f[i, _U1])
+                        x = np.float32(xb[np.uint64(r), nodes_u[i, _U0]])
+                        nxt = np.uint64(nodes_u[i, _U2]) + np.uint64(x > nodes_f[i, _U1])
                         if nxt != i:
                             uidx[j] = nxt
                             continue

@@ -1,6 +1,7 @@
 """Compiled traversal of fitted scikit-learn trees and forests (public entry: :func:`sparseprune.compile_tree`)."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import is_classifier
@@ -146,7 +147,9 @@ class CompiledTree:
         if X.shape[0] == 0:
             return out
         kernel = forest_accumulate if X.shape[0] >= 2 * _BLOCK else forest_accumulate_serial
-        with thread_limit(n_threads), parallel_guard():
+        # chunk size 1: threads take row blocks one at a time, so a thread that the OS
+        # delays (busy machine) does not hold back a statically assigned half of the rows
+        with thread_limit(n_threads), parallel_guard(), numba.parallel_chunksize(1):
             finite = kernel(X, self._pad_depth, self._node_off, self._leaf_off, self._pad_i.view(np.uint32),
                             self._pad_f, self._nodes_i.view(np.uint32), self._nodes_f, self._leaf_map,
                             self._values, out, _BLOCK)
