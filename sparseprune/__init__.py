@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
+from sparseprune.masking import (
+    SparsityInfo,
+    global_magnitude_prune,
+    magnitude_prune,
+    nm_prune,
+    sparsity_info,
+    threshold_mask,
+)
 from sparseprune.tree import CompiledTree, PruningReport, compile_tree, prune_tree, pruning_curve, tree_report
 
 __version__ = "0.1.0"
@@ -13,6 +21,12 @@ __all__ = [
     "prune_tree",
     "pruning_curve",
     "tree_report",
+    "SparsityInfo",
+    "global_magnitude_prune",
+    "magnitude_prune",
+    "nm_prune",
+    "sparsity_info",
+    "threshold_mask",
     "get_num_threads",
     "set_num_threads",
     "thread_limit",
