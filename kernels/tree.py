@@ -12,10 +12,11 @@ Compiled-traversal layouts (built by :mod:`sparseprune.tree`):
   ``child[i]`` is the left child (the right one is ``child[i] + 1``); a leaf is
   its own child with threshold +inf. One step is ``i = child[i] + (x > thr[i])``:
   no branch on the split outcome.
-* padded: a tree of depth ``D`` stored as a complete binary tree in heap order
-  (``2**D - 1`` split slots, padding splits send everything left with
+* padded: a tree's top ``D`` levels stored as a complete binary tree in heap
+  order (``2**D - 1`` split slots, padding splits send everything left with
   ``thr = +inf``); a row takes exactly ``D`` branch-free steps
-  ``i = 2*i + 1 + (x > thr[i])`` and the bottom slot maps to a leaf slot.
+  ``i = 2*i + 1 + (x > thr[i])`` and the bottom slot maps to a leaf slot or,
+  for a tree deeper than ``D``, to the compact node where the row continues.
 
 Thresholds are float32 rounded *down* from scikit-learn's float64 ones and rows
 are cast to float32 on read, so ``x32 > thr32`` equals scikit-learn's
@@ -225,29 +226,38 @@ _U2 = np.uint64(2)
 _U3 = np.uint64(3)
 
 
-def _forest_accumulate(X, pad_depth, node_off, leaf_off, pad_u, pad_f, nodes_u, nodes_f, leaf_map, values, out,
-                       block):
+def _forest_accumulate(X, hybrid, top_depth, top_off, map_off, pad_u, pad_f, nodes_u, nodes_f, leaf_map,
+                       values, out, slots, block):
     """Sum every tree's leaf values into ``out`` (n_rows, n_cols), row blocks in parallel.
+
+    With a non-empty ``slots`` (one tree only) the kernel writes each row's
+    leaf slot there instead and leaves ``out`` alone: a single tree's
+    prediction is a row of ``values``, no sum needed.
 
     Returns 1 when every entry of ``float32(X)`` was finite, else 0 (``out`` is
     then meaningless). Each block is checked right before its traversal, so
     the traversal finds the block's rows in cache; rows are read in X's own
     dtype and cast to float32 per comparison, with no converted copy of X.
 
-    ``pad_depth[t] >= 0``: tree ``t`` uses the padded layout of that depth, its
-    splits at row ``node_off[t]`` of ``pad_u``/``pad_f`` (uint32/float32 views of
-    one (n, 2) buffer: feature, threshold) and its bottom-slot leaf map at
-    ``leaf_off[t]``. ``pad_depth[t] < 0``: compact layout rooted at row
-    ``node_off[t]`` of ``nodes_u``/``nodes_f`` (uint32/float32 views of one (n, 4) buffer:
-    feature, threshold, child, leaf slot); a leaf is
-    its own child with threshold +inf, so a row has finished when a step
-    leaves it in place.
+    Every tree starts with a padded complete tree of ``top_depth[t]`` levels
+    (rows ``top_off[t]...`` of ``pad_u``/``pad_f``, uint32/float32 views of one
+    (n, 2) buffer: feature, threshold), walked by GROUP rows in lockstep with
+    no branch at all; its bottom slot ``s`` gives ``leaf_map[map_off[t] + s]``:
+    a value slot when the whole tree fits (``hybrid[t] == 0``), otherwise the
+    node of the compact layout (rows of ``nodes_u``/``nodes_f``: feature,
+    threshold, left child with the right one next to it, leaf slot) where the
+    row continues. Below the padded top, GROUP lanes walk the compact nodes; a
+    leaf is its own child with threshold +inf, so a row has finished when a
+    step leaves it in place, and its lane takes the next row.
+
     Trees are the inner loop so a tree's hot nodes stay cached across a block
-    of rows; each block writes only its own rows of ``out``.
+    of rows; each block writes only its own rows of ``out``. Unsigned indices:
+    numba adds no negative-index wraparound code for them.
     """
     n_rows, n_feat = X.shape
-    n_trees = pad_depth.shape[0]
+    n_trees = top_depth.shape[0]
     n_cols = values.shape[1]
+    leaf_only = slots.shape[0] > 0
     n_blocks = (n_rows + block - 1) // block
     bad = np.zeros(max(n_blocks, 1), np.uint8)
     for b in prange(n_blocks):
@@ -265,62 +275,68 @@ def _forest_accumulate(X, pad_depth, node_off, leaf_off, pad_u, pad_f, nodes_u, 
             continue
         uidx = np.zeros(GROUP, np.uint64)
         lane_row = np.zeros(GROUP, np.int64)
+        start = np.zeros(nr, np.uint64)
         for t in range(n_trees):
-            base = node_off[t]
-            d = pad_depth[t]
-            if d >= 0:
-                # padded: fixed depth, so GROUP rows step in lockstep with no branch at all.
-                # Unsigned indices (here and below): numba adds no negative-index wraparound code.
-                lb = leaf_off[t] - ((1 << d) - 1)
-                ubase = np.uint64(base)
-                for g0 in range(0, nr, GROUP):
-                    gn = min(GROUP, nr - g0)
+            d = top_depth[t]
+            ubase = np.uint64(top_off[t])
+            lb = map_off[t] - ((1 << d) - 1)
+            for g0 in range(0, nr, GROUP):
+                gn = min(GROUP, nr - g0)
+                for j in range(gn):
+                    uidx[j] = _U0
+                for _ in range(d):
                     for j in range(gn):
-                        uidx[j] = _U0
-                    for _ in range(d):
-                        for j in range(gn):
-                            i = uidx[j]
-                            k = ubase + i
-                            row = np.uint64(g0 + j)
-                            uidx[j] = _U2 * i + _U1 + np.uint64(np.float32(xb[row, pad_u[k, _U0]]) > pad_f[k, _U1])
+                        i = uidx[j]
+                        k = ubase + i
+                        row = np.uint64(g0 + j)
+                        uidx[j] = _U2 * i + _U1 + np.uint64(np.float32(xb[row, pad_u[k, _U0]]) > pad_f[k, _U1])
+                if hybrid[t]:
+                    for j in range(gn):
+                        start[g0 + j] = np.uint64(leaf_map[lb + np.int64(uidx[j])])
+                elif leaf_only:
+                    for j in range(gn):
+                        slots[r0 + g0 + j] = leaf_map[lb + np.int64(uidx[j])]
+                else:
                     for j in range(gn):
                         slot = leaf_map[lb + np.int64(uidx[j])]
                         for c in range(n_cols):
                             out[r0 + g0 + j, c] += values[slot, c]
-            else:
-                # lanes: GROUP rows in flight; a lane whose row reached its leaf takes the next row
-                next_r = 0
-                active = 0
-                ubase = np.uint64(base)
+            if not hybrid[t]:
+                continue
+            next_r = 0
+            active = 0
+            for j in range(GROUP):
+                if next_r < nr:
+                    lane_row[j] = next_r
+                    uidx[j] = start[next_r]
+                    next_r += 1
+                    active += 1
+                else:
+                    lane_row[j] = -1
+            while active > 0:
                 for j in range(GROUP):
-                    uidx[j] = ubase
-                    if next_r < nr:
-                        lane_row[j] = next_r
-                        next_r += 1
-                        active += 1
+                    r = lane_row[j]
+                    if r < 0:
+                        continue
+                    i = uidx[j]
+                    x = np.float32(xb[np.uint64(r), nodes_u[i, _U0]])
+                    nxt = np.uint64(nodes_u[i, _U2]) + np.uint64(x > nodes_f[i, _U1])
+                    if nxt != i:
+                        uidx[j] = nxt
+                        continue
+                    slot = nodes_u[i, _U3]
+                    if leaf_only:
+                        slots[r0 + r] = slot
                     else:
-                        lane_row[j] = -1
-                while active > 0:
-                    for j in range(GROUP):
-                        r = lane_row[j]
-                        if r < 0:
-                            continue
-                        i = uidx[j]
-                        x = np.float32(xb[np.uint64(r), nodes_u[i, _U0]])
-                        nxt = np.uint64(nodes_u[i, _U2]) + np.uint64(x > nodes_f[i, _U1])
-                        if nxt != i:
-                            uidx[j] = nxt
-                            continue
-                        slot = nodes_u[i, _U3]
                         for c in range(n_cols):
                             out[r0 + r, c] += values[slot, c]
-                        uidx[j] = ubase
-                        if next_r < nr:
-                            lane_row[j] = next_r
-                            next_r += 1
-                        else:
-                            lane_row[j] = -1
-                            active -= 1
+                    if next_r < nr:
+                        lane_row[j] = next_r
+                        uidx[j] = start[next_r]
+                        next_r += 1
+                    else:
+                        lane_row[j] = -1
+                        active -= 1
     return 1 - bad.max()
 
 
@@ -331,32 +347,36 @@ forest_accumulate_serial, forest_accumulate = jit_variants(_forest_accumulate, f
 
 
 @jit(fastmath=False)
-def fill_padded(left, right, feature, thr32, leaf_slot, depth, nodes_i, nodes_f, leaf_map):
-    """Write one tree into the padded layout of ``depth`` levels (splits in heap order).
+def fill_padded(left, right, feature, thr32, target, depth, nodes_i, nodes_f, leaf_map):
+    """Write the top ``depth`` levels of one tree as a complete binary tree in heap order.
 
     ``nodes_i``/``nodes_f`` (int32/float32 views of ``2**depth - 1`` packed
-    (feature, threshold) rows) must arrive with feature 0 and threshold +inf in every row (padding
-    splits send every finite row left); ``leaf_map`` (``2**depth`` slots)
-    receives, at the bottom slot a leaf's left spine ends in, the leaf's slot
-    in the value table.
+    (feature, threshold) rows) must arrive with feature 0 and threshold +inf
+    in every row: padding splits send every finite row left. A leaf above the
+    bottom level, or a node at the bottom level, writes ``target[node]`` into
+    ``leaf_map`` (``2**depth`` slots) at the bottom slot its left spine ends in.
     """
     n = left.shape[0]
     pos = np.zeros(n, np.int64)
     level = np.zeros(n, np.int64)
     first_bottom = (1 << depth) - 1
     for i in range(n):
+        internal = left[i] != _TREE_LEAF
+        if internal:
+            level[left[i]] = level[i] + 1
+            level[right[i]] = level[i] + 1
+        if level[i] > depth:
+            continue
         p = pos[i]
-        if left[i] == _TREE_LEAF:
+        if not internal or level[i] == depth:
             for _ in range(depth - level[i]):
                 p = 2 * p + 1
-            leaf_map[p - first_bottom] = leaf_slot[i]
+            leaf_map[p - first_bottom] = target[i]
         else:
             nodes_i[p, 0] = feature[i]
             nodes_f[p, 1] = thr32[i]
             pos[left[i]] = 2 * p + 1
             pos[right[i]] = 2 * p + 2
-            level[left[i]] = level[i] + 1
-            level[right[i]] = level[i] + 1
 
 
 @jit(fastmath=False)
@@ -367,13 +387,16 @@ def fill_compact(left, right, feature, thr32, leaf_slot, base, nodes_i, nodes_f)
     (``nodes_i``/``nodes_f`` are int32/float32 views of it): feature,
     threshold, global index of the left child (the right one follows it) and,
     for a leaf, its value slot. A leaf is its own child with threshold +inf.
+    Returns the global row of every original node.
     """
     n = left.shape[0]
     queue = np.empty(n, np.int64)
+    where = np.empty(n, np.int64)
     queue[0] = 0
     n_assigned = 1
     for k in range(n):
         o = queue[k]
+        where[o] = base + k
         if left[o] == _TREE_LEAF:
             nodes_i[base + k, 0] = 0
             nodes_f[base + k, 1] = np.inf
@@ -387,3 +410,4 @@ def fill_compact(left, right, feature, thr32, leaf_slot, base, nodes_i, nodes_f)
             queue[n_assigned] = left[o]
             queue[n_assigned + 1] = right[o]
             n_assigned += 2
+    return where

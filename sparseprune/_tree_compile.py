@@ -43,8 +43,8 @@ class CompiledTree:
     n_trees_ : int
     classes_ : ndarray (classifiers only)
     n_padded_, n_compact_ : int
-        Trees stored in the padded complete-tree layout (depth <= ``max_pad_depth``)
-        and in the compact layout.
+        Trees stored whole in the padded complete-tree layout (depth <= ``max_pad_depth``),
+        and deeper trees: their top ``max_pad_depth`` levels padded, the rest compact.
     """
 
     def __init__(self, estimator, *, max_pad_depth: int = DEFAULT_MAX_PAD_DEPTH):
@@ -60,29 +60,31 @@ class CompiledTree:
             n_cols = len(self.classes_)
         else:
             n_cols = 1
-        pad_depth = np.full(self.n_trees_, -1, np.int64)
-        node_off = np.zeros(self.n_trees_, np.int64)
-        leaf_off = np.zeros(self.n_trees_, np.int64)
-        n_pad_nodes = n_compact_nodes = n_leaf_map = n_slots = 0
+        hybrid = np.zeros(self.n_trees_, np.uint8)
+        top_depth = np.zeros(self.n_trees_, np.int64)
+        top_off = np.zeros(self.n_trees_, np.int64)
+        map_off = np.zeros(self.n_trees_, np.int64)
+        n_pad = n_map = n_compact = n_slots = 0
         for k, t in enumerate(trees):
             tr = t.tree_
-            if tr.max_depth <= self.max_pad_depth:
-                pad_depth[k] = tr.max_depth
-                n_pad_nodes += (1 << tr.max_depth) - 1
-                n_leaf_map += 1 << tr.max_depth
-            else:
-                n_compact_nodes += tr.node_count
+            hybrid[k] = tr.max_depth > self.max_pad_depth
+            top_depth[k] = min(tr.max_depth, self.max_pad_depth)
+            top_off[k], map_off[k] = n_pad, n_map
+            n_pad += (1 << int(top_depth[k])) - 1
+            n_map += 1 << int(top_depth[k])
+            n_compact += tr.node_count if hybrid[k] else 0
             n_slots += tr.n_leaves
-        # packed records: (feature, threshold) for padded splits, (feature, threshold, child,
-        # leaf slot) for compact nodes, so one step touches one cache line, not one per field
-        pad_i = np.zeros((n_pad_nodes, 2), np.int32)
+        # packed records, so one step touches one cache line rather than one per field:
+        # (feature, threshold) for the padded tops, (feature, threshold, child, leaf slot)
+        # for the compact nodes below them
+        pad_i = np.zeros((n_pad, 2), np.int32)
         pad_f = pad_i.view(np.float32)
         pad_f[:, 1] = np.inf
-        nodes_i = np.zeros((n_compact_nodes, 4), np.int32)
+        nodes_i = np.zeros((n_compact, 4), np.int32)
         nodes_f = nodes_i.view(np.float32)
-        leaf_map = np.zeros(n_leaf_map, np.int32)
+        leaf_map = np.zeros(n_map, np.int32)
         values = np.zeros((n_slots, n_cols), np.float64)
-        pad_pos = node_pos = leaf_pos = slot_pos = 0
+        compact_pos = slot_pos = 0
         for k, t in enumerate(trees):
             tr = t.tree_
             left = tr.children_left.astype(np.int64)
@@ -92,26 +94,23 @@ class CompiledTree:
             is_leaf = left == -1
             slot = np.full(tr.node_count, -1, np.int64)
             slot[is_leaf] = slot_pos + np.arange(tr.n_leaves)
-            v = tr.value[is_leaf, 0, :]
-            values[slot_pos:slot_pos + tr.n_leaves] = v[:, :n_cols]
+            values[slot_pos:slot_pos + tr.n_leaves] = tr.value[is_leaf, 0, :n_cols]
             slot_pos += tr.n_leaves
-            if pad_depth[k] >= 0:
-                d = int(pad_depth[k])
-                node_off[k], leaf_off[k] = pad_pos, leaf_pos
-                end = pad_pos + (1 << d) - 1
-                fill_padded(left, right, feature, thr32, slot, d, pad_i[pad_pos:end], pad_f[pad_pos:end],
-                            leaf_map[leaf_pos:leaf_pos + (1 << d)])
-                pad_pos = end
-                leaf_pos += 1 << d
+            if hybrid[k]:
+                target = fill_compact(left, right, feature, thr32, slot, compact_pos, nodes_i, nodes_f)
+                compact_pos += tr.node_count
             else:
-                node_off[k] = node_pos
-                fill_compact(left, right, feature, thr32, slot, node_pos, nodes_i, nodes_f)
-                node_pos += tr.node_count
-        self._pad_depth, self._node_off, self._leaf_off = pad_depth, node_off, leaf_off
+                target = slot
+            d, p0, m0 = int(top_depth[k]), int(top_off[k]), int(map_off[k])
+            fill_padded(left, right, feature, thr32, target, d, pad_i[p0:p0 + (1 << d) - 1],
+                        pad_f[p0:p0 + (1 << d) - 1], leaf_map[m0:m0 + (1 << d)])
+        self._hybrid, self._top_depth, self._top_off, self._map_off = hybrid, top_depth, top_off, map_off
         self._pad_i, self._pad_f, self._nodes_i, self._nodes_f = pad_i, pad_f, nodes_i, nodes_f
         self._leaf_map, self._values = leaf_map, values
-        self.n_padded_ = int(np.sum(pad_depth >= 0))
-        self.n_compact_ = self.n_trees_ - self.n_padded_
+        # a single tree predicts argmax of its leaf's raw value, like DecisionTreeClassifier.predict
+        self._leaf_class = np.argmax(values, axis=1) if self.is_classifier_ else None
+        self.n_compact_ = int(hybrid.sum())
+        self.n_padded_ = self.n_trees_ - self.n_compact_
 
     def __repr__(self) -> str:
         return (f"CompiledTree({self.estimator_type_}, n_trees={self.n_trees_}, padded={self.n_padded_}, "
@@ -141,24 +140,28 @@ class CompiledTree:
                              f"expecting {self.n_features_in_} features as input.")
         return np.ascontiguousarray(X)
 
-    def _sum(self, X, n_threads) -> np.ndarray:
+    def _run(self, X, n_threads):
+        """Leaf slot per row (single tree) or the sum of leaf values over trees (forest)."""
         X = self._check_X(X)
-        out = np.zeros((X.shape[0], self._values.shape[1]), np.float64)
-        if X.shape[0] == 0:
-            return out
-        kernel = forest_accumulate if X.shape[0] >= 2 * _BLOCK else forest_accumulate_serial
+        n = X.shape[0]
+        single = self.n_trees_ == 1
+        out = np.zeros((0 if single else n, self._values.shape[1]), np.float64)
+        slots = np.zeros(n if single else 0, np.int32)
+        if n == 0:
+            return slots if single else out
+        kernel = forest_accumulate if n >= 2 * _BLOCK else forest_accumulate_serial
         # chunk size 1: threads take row blocks one at a time, so a thread that the OS
         # delays (busy machine) does not hold back a statically assigned half of the rows
         with thread_limit(n_threads), parallel_guard(), numba.parallel_chunksize(1):
-            finite = kernel(X, self._pad_depth, self._node_off, self._leaf_off, self._pad_i.view(np.uint32),
-                            self._pad_f, self._nodes_i.view(np.uint32), self._nodes_f, self._leaf_map,
-                            self._values, out, _BLOCK)
+            finite = kernel(X, self._hybrid, self._top_depth, self._top_off, self._map_off,
+                            self._pad_i.view(np.uint32), self._pad_f, self._nodes_i.view(np.uint32), self._nodes_f,
+                            self._leaf_map, self._values, out, slots, _BLOCK)
         if not finite:
             raise ValueError(
                 "Input X contains NaN or infinity (after the float32 conversion trees apply). Compiled trees "
                 "do not route missing values: impute them, or call the estimator's own predict."
             )
-        return out
+        return slots if single else out
 
     # ------------------------------------------------------------------ predictions
 
@@ -174,10 +177,10 @@ class CompiledTree:
         if not self.is_classifier_:
             raise AttributeError(f"predict_proba is only available for classifiers; this compiles a "
                                  f"{self.estimator_type_}.")
-        out = self._sum(X, n_threads)
-        if self._is_forest:
-            out /= self.n_trees_
-        return out
+        res = self._run(X, n_threads)
+        if self.n_trees_ == 1:
+            return self._values[res]
+        return res / self.n_trees_
 
     def predict(self, X, n_threads: int | None = None) -> np.ndarray:
         """Class labels or regression values, equal to the estimator's ``predict`` (kernel ``forest_accumulate``).
@@ -188,33 +191,38 @@ class CompiledTree:
         n_threads : int, optional
             Threads for this call (default: numba's current setting).
         """
-        out = self._sum(X, n_threads)
-        if self._is_forest:
-            out /= self.n_trees_
+        res = self._run(X, n_threads)
+        if self.n_trees_ == 1:
+            if self.is_classifier_:
+                return self.classes_.take(self._leaf_class.take(res))
+            return self._values[:, 0].take(res)
+        res /= self.n_trees_
         if self.is_classifier_:
-            return self.classes_.take(np.argmax(out, axis=1), axis=0)
-        return out[:, 0]
+            return self.classes_.take(np.argmax(res, axis=1), axis=0)
+        return res[:, 0]
 
 
 def compile_tree(estimator, *, max_pad_depth: int = DEFAULT_MAX_PAD_DEPTH) -> CompiledTree:
     """Flatten a fitted tree or forest into arrays traversed by a parallel numba kernel.
 
     Trees no deeper than ``max_pad_depth`` are stored as padded complete trees
-    (every row takes exactly ``depth`` branch-free steps); deeper trees use a
-    compact breadth-first layout with adjacent siblings. Row blocks run in
-    parallel, trees inner, leaf values summed in float64 in tree order, so
-    results equal scikit-learn's for every row: features are cast to float32
-    and thresholds rounded down to float32 exactly as scikit-learn's
-    float32-vs-float64 comparison decides.
+    (every row takes exactly ``depth`` branch-free steps); deeper trees keep
+    their top ``max_pad_depth`` levels padded and continue in a compact
+    breadth-first layout with adjacent siblings. Row blocks run in parallel,
+    trees inner, leaf values summed in float64 in tree order, so results equal
+    scikit-learn's for every row: features are cast to float32 and thresholds
+    rounded down to float32 exactly as scikit-learn's float32-vs-float64
+    comparison decides.
 
-    Missing values: rows with NaN or infinity are rejected with a ValueError
-    (scikit-learn >= 1.3 can route NaN in some trees; compiled trees do not).
+    Missing values: rows with NaN or infinity (also after the float32 cast)
+    are rejected with a ValueError. scikit-learn >= 1.3 can route NaN in some
+    trees; compiled trees do not, rather than risk a silently different answer.
 
     Parameters
     ----------
     estimator : fitted single-output DecisionTree*/ExtraTree* or RandomForest*/ExtraTrees* model.
     max_pad_depth : int, default=12
-        Deepest tree stored in the padded layout (``2**depth`` slots per tree).
+        Levels stored padded (``2**max_pad_depth`` slots per tree at most).
 
     Returns
     -------

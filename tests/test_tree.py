@@ -51,7 +51,7 @@ def _queries(X, n, seed=0):
 
 
 @pytest.mark.parametrize("make", CLASSIFIERS)
-@pytest.mark.parametrize("max_pad_depth", [0, 12, 20])
+@pytest.mark.parametrize("max_pad_depth", [0, 3, 20])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_classifier_equals_sklearn(make, max_pad_depth, weighted):
     X, y = _clf_data()
