@@ -130,6 +130,16 @@ def test_speed_targets(deep_tree, forest, pruned_tree, data):
         })
         t.update(_interleaved({"forest sklearn": lambda: forest.predict(X),
                                "forest compiled": lambda: m_forest.predict(X)}, repeats=5))
+    with thread_limit(1):     # one thread each: less exposed to a busy machine
+        forest.set_params(n_jobs=1)
+        t1 = _interleaved({"tree sklearn": lambda: deep_tree.predict(X), "tree compiled": lambda: m_tree.predict(X)})
+        t1.update(_interleaved({"forest sklearn": lambda: forest.predict(X),
+                                "forest compiled": lambda: m_forest.predict(X)}, repeats=3))
+        forest.set_params(n_jobs=THREADS)
+    print(f"\n1 thread: deep tree {t1['tree sklearn'] / t1['tree compiled']:.2f}x "
+          f"({1e3 * t1['tree sklearn']:.1f} vs {1e3 * t1['tree compiled']:.1f} ms), RF "
+          f"{t1['forest sklearn'] / t1['forest compiled']:.2f}x "
+          f"({1e3 * t1['forest sklearn']:.0f} vs {1e3 * t1['forest compiled']:.0f} ms)")
     tree_ratio = t["tree sklearn"] / t["tree compiled"]
     forest_ratio = t["forest sklearn"] / t["forest compiled"]
     print(f"\nthreads={THREADS}, rows={len(X)}")
