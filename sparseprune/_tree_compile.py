@@ -54,7 +54,6 @@ class CompiledTree:
         self.is_classifier_ = bool(is_classifier(estimator))
         self.n_features_in_ = int(estimator.n_features_in_)
         self.n_trees_ = len(trees)
-        self._is_forest = hasattr(estimator, "estimators_")
         if self.is_classifier_:
             self.classes_ = np.asarray(estimator.classes_).copy()
             n_cols = len(self.classes_)
