@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris, make_classification
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, RandomForestRegressor
 from sklearn.exceptions import NotFittedError
-from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from scipy.stats import norm
@@ -404,7 +404,7 @@ def test_bad_input():
     with pytest.raises(NotFittedError):
         prune_tree(DecisionTreeClassifier(), "merge_leaves")
     with pytest.raises(TypeError, match="RandomForestClassifier"):
-        prune_tree(LogisticRegression().fit(X, y), "merge_leaves")
+        prune_tree(KNeighborsClassifier().fit(X, y), "merge_leaves")
     with pytest.raises(ValueError, match="'method'"):
         prune_tree(tree, "magic")
     with pytest.raises(ValueError, match="X_val"):
