@@ -6,7 +6,7 @@ a larger index than its parent (true for scikit-learn's depth-first and
 best-first builders; the public layer checks it), so a reverse index loop
 visits children before parents.
 
-Compiled-traversal layouts (built by :mod:`sparseprune.tree`):
+Compiled-traversal layouts (built by :func:`sparseprune.compile_tree`):
 
 * compact: nodes renumbered breadth-first so that siblings are adjacent;
   ``child[i]`` is the left child (the right one is ``child[i] + 1``); a leaf is
@@ -21,6 +21,9 @@ Compiled-traversal layouts (built by :mod:`sparseprune.tree`):
 Thresholds are float32 rounded *down* from scikit-learn's float64 ones and rows
 are cast to float32 on read, so ``x32 > thr32`` equals scikit-learn's
 ``not (x32 <= thr64)`` for every finite float32 ``x32``.
+
+Every kernel here is compiled with ``fastmath=False``: the work is comparisons,
+integer indexing and float64 sums that must match scikit-learn bit for bit.
 """
 from __future__ import annotations
 
@@ -96,7 +99,6 @@ def ccp_prune(left, right, weighted_n, impurity, ccp_alpha):
                 best = i
         if ccp_alpha < effective:
             break
-        top = 0
         stack[0] = best
         top = 1
         while top > 0:
