@@ -24,7 +24,7 @@ def jit(fn: Callable | None = None, *, parallel: bool = False, fastmath: bool = 
     """Compile ``fn`` with the project's settings (lazily, once per dtype, cached)."""
 
     def wrap(f):
-        return numba.njit(parallel=parallel, fastmath=FASTMATH if fastmath else False, **_COMMON)(f)
+        return numba.njit(parallel=parallel, fastmath=set(FASTMATH) if fastmath else False, **_COMMON)(f)
 
     return wrap if fn is None else wrap(fn)
 
