@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
+from sparseprune.spmm import Decision, SparseLinear, calibrate, explain, linear, set_calibration
 from sparseprune.masking import (
     SparsityInfo,
     global_magnitude_prune,
@@ -14,6 +15,12 @@ from sparseprune.masking import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Decision",
+    "SparseLinear",
+    "calibrate",
+    "explain",
+    "linear",
+    "set_calibration",
     "SparsityInfo",
     "global_magnitude_prune",
     "magnitude_prune",
