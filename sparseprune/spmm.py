@@ -248,7 +248,9 @@ def _activate_inplace(Y: np.ndarray, act: int) -> None:
 
 
 def _dense_forward(X, Wd, bias, has_bias: bool, act: int) -> np.ndarray:
-    Y = np.ascontiguousarray(X @ Wd.T)
+    # NaN/inf inputs give NaN quietly, as on the sparse path.
+    with np.errstate(invalid="ignore", over="ignore"):
+        Y = np.ascontiguousarray(X @ Wd.T)
     if has_bias:
         Y += bias
     _activate_inplace(Y, act)
@@ -268,7 +270,7 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) 
     Y = np.empty((n_batch, n_out), dtype=data.dtype)
     if n_batch == 0 or n_out == 0:
         return Y
-    parallel = indptr[-1] * n_batch >= SERIAL_WORK and numba.get_num_threads() > 1
+    parallel = int(indptr[-1]) * n_batch >= SERIAL_WORK and numba.get_num_threads() > 1
     rs = row_starts_for(numba.get_num_threads() if parallel else 1)
     if n_batch == 1:
         x = np.ascontiguousarray(X[0])
