@@ -2,22 +2,26 @@
 
 Raw arrays only: ``W`` comes as ``(data, indices, indptr)`` with sorted,
 in-range column indices (the public layer checks that), ``X`` as a dense array.
+Every kernel works on a range of output rows given by ``row_starts`` and
+releases the GIL, so the public layer runs nnz-balanced row ranges on several
+Python threads at once (each range writes its own rows of ``y``: no races).
 
 Batched SpMM (:func:`spmm_kernel`)
-    ``X`` is first packed feature-major into blocks of ``width`` batch columns,
-    ``xp[block, feature, lane]`` (zero-padded), so each nonzero ``w_ij``
-    streams over one contiguous run ``xp[block, j, :]``: one broadcast and
-    ``width / vector`` fused multiply-adds. The ``width`` accumulators of a row
-    live in a stack buffer of fixed size that LLVM keeps in vector registers;
-    each output is written once, with bias and activation fused into that
-    write. Threads own nnz-balanced row ranges (no races, no atomics) and loop
-    over the batch blocks inside their range, so one packed block (``K * width``
-    values, 1 MiB for K = 4096, width 64, float32) stays in the core's L2 while
-    the thread's rows stream past it.
+    ``X`` is first packed feature-major (:func:`pack`) into blocks of
+    ``width`` batch columns, ``xp[block, feature, lane]`` (zero-padded), so
+    each nonzero ``w_ij`` streams over one contiguous run ``xp[block, j, :]``:
+    one broadcast and ``width / 8`` fused multiply-adds. The ``width``
+    accumulators of a row are named scalars, packed into vector registers by
+    LLVM's SLP vectoriser, so they stay in registers over the whole row.
+    Finished rows are staged, bias added, and copied into ``y`` transposed
+    once per chunk of rows, with the activation fused into that copy. A thread
+    loops over the batch blocks inside its row range, so one packed block
+    (``K * width`` values, 1 MiB for K = 4096, width 64, float32) stays in the
+    core's L2 while the range's rows stream past it.
 
-Batch-1 SpMV (:func:`spmv_serial` / :func:`spmv`)
-    A gather dot product per row; the serial copy has no thread-launch cost for
-    small layers.
+Batch-1 SpMV (:func:`spmv`)
+    A dot product per row with four independent partial sums; no packing and
+    no thread launch for small layers.
 
 Activation codes (``ACTIVATIONS``): 0 identity, 1 relu, 2 tanh, 3 logistic.
 """
@@ -26,10 +30,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
 from numba.core.compiler_lock import global_compiler_lock
 
-from sparseprune.kernels._jit import jit, jit_variants
+from sparseprune.kernels._jit import jit
 
 # FMA contraction but no reassociation: with "reassoc" LLVM vectorises the
 # reductions over nonzeros with gathers (slow here: vgather is microcoded on
@@ -46,8 +49,9 @@ ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2, "logistic": 3}
 #: (or 4 AVX-512) registers: enough independent FMA chains to hide latency.
 WIDTHS = (8, 16, 32, 64)
 
-#: Nonzeros handled per step for each width: narrow blocks get several
-#: accumulator sets so there are still ~8 independent FMA chains in flight.
+#: Nonzeros per step for each width, summed pairwise before the add into the
+#: accumulators: narrow blocks have few accumulator registers, so this keeps
+#: their add chains from bounding the speed.
 _UNROLL = {8: 4, 16: 4, 32: 2, 64: 1}
 
 
@@ -77,7 +81,7 @@ def _pack(x, xp, nonfinite):
     n_chunks = (n_feat + PACK_CHUNK - 1) // PACK_CHUNK
     # Tiles of (width batch rows) x (PACK_CHUNK features): reads and writes both
     # stay within a few KiB instead of a 16 KiB-strided walk that thrashes the cache.
-    for t in prange(n_blocks * n_chunks):
+    for t in range(n_blocks * n_chunks):
         blk = t // n_chunks
         chunk = t % n_chunks
         k0 = chunk * PACK_CHUNK
@@ -94,7 +98,7 @@ def _pack(x, xp, nonfinite):
                 nonfinite[chunk, b] = 1
 
 
-pack_serial, pack = jit_variants(_pack)
+pack = jit(_pack)
 
 
 class _SLPDispatcher:
@@ -128,7 +132,7 @@ _SPMM_TEMPLATE = """
 def spmm_w{width}(data, indices, indptr, xp, bias, act, row_starts, y, chunk):
     n_batch = y.shape[0]
     zero = data.dtype.type(0)
-    for t in prange(row_starts.size - 1):
+    for t in range(row_starts.size - 1):
         r0 = row_starts[t]
         r1 = row_starts[t + 1]
         # Finished outputs of `chunk` rows, copied to y transposed once per
@@ -197,26 +201,28 @@ def _make_spmm(width: int, unroll: int):
     exec(compile(src, __file__, "exec"), globals(), namespace)
     spmm = namespace[f"spmm_w{width}"]
     spmm.__module__ = __name__
-    return tuple(_SLPDispatcher(d) for d in jit_variants(spmm, fastmath=_NO_REASSOC))
+    spmm.__qualname__ = spmm.__name__
+    return _SLPDispatcher(jit(spmm, fastmath=_NO_REASSOC))
 
 
 _SPMM = {w: _make_spmm(w, _UNROLL[w]) for w in WIDTHS}
 
 
-def spmm_kernel(width: int, parallel: bool):
+def spmm_kernel(width: int):
     """The compiled SpMM for one batch-block width: ``f(data, indices, indptr, xp, bias, act, row_starts, y, chunk)``.
 
     ``xp`` is the packed input from :func:`pack` (shape ``(n_blocks, K, width)``),
     ``y`` the C-ordered (batch, out) output, ``row_starts`` the row ranges one
-    prange iteration each owns (see :func:`balanced_row_starts`), ``chunk``
+    call works through (see :func:`balanced_row_starts`), ``chunk``
     the rows staged per transposed copy into ``y`` (64 is a good value).
     """
-    return _SPMM[width][1 if parallel else 0]
+    return _SPMM[width]
 
 
-def _spmv(data, indices, indptr, x, bias, act, row_starts, y):
+@jit(fastmath=_NO_REASSOC)
+def spmv(data, indices, indptr, x, bias, act, row_starts, y):
     """``y[i] = act(sum_p data[p] * x[indices[p]] + bias[i])`` for one input vector."""
-    for t in prange(row_starts.size - 1):
+    for t in range(row_starts.size - 1):
         for i in range(row_starts[t], row_starts[t + 1]):
             # Four partial sums: four independent add chains instead of one,
             # since LLVM does not vectorise this gather reduction by itself.
@@ -238,7 +244,6 @@ def _spmv(data, indices, indptr, x, bias, act, row_starts, y):
             y[i] = _activate((s0 + s1) + (s2 + s3) + bias[i], act)
 
 
-spmv_serial, spmv = jit_variants(_spmv, fastmath=_NO_REASSOC)
 
 
 @jit(fastmath=False)

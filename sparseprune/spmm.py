@@ -16,9 +16,11 @@ whose weight row does not store a nonzero weight at each infinite column
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -27,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparseprune import _calibration as _cal
-from sparseprune._threading import parallel_guard, thread_limit
+from sparseprune._threading import thread_limit
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
 from sparseprune.kernels import spmm as _k
 
@@ -40,6 +42,8 @@ _METHODS = ("auto", "dense", "sparse")
 SERIAL_WORK = 200_000
 #: Output rows the SpMM kernel stages before one transposed copy into Y.
 OUT_CHUNK = 64
+#: nnz-balanced row ranges per thread, taken dynamically (see _run_rows).
+PARTS_PER_THREAD = 4
 
 
 # --------------------------------------------------------------------------- checks
@@ -179,7 +183,8 @@ class Decision:
 
 
 def _kernel_name(batch: int, nnz: int) -> str:
-    mode = "parallel" if nnz * max(batch, 1) >= SERIAL_WORK else "serial"
+    n = numba.get_num_threads()
+    mode = f"{n} threads" if nnz * max(batch, 1) >= SERIAL_WORK and n > 1 else "1 thread"
     if batch <= 1:
         return f"kernels.spmm.spmv ({mode})"
     full, rest = divmod(batch, 64)
@@ -257,12 +262,48 @@ def _dense_forward(X, Wd, bias, has_bias: bool, act: int) -> np.ndarray:
     return Y
 
 
-def _run(parallel_kernel, serial_kernel, parallel: bool, *args) -> None:
-    if parallel:
-        with parallel_guard():
-            parallel_kernel(*args)
-    else:
-        serial_kernel(*args)
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                           thread_name_prefix="sparseprune")
+    return _pool
+
+
+def _run_rows(kernel, n_threads: int, rs: np.ndarray, head: tuple, tail: tuple) -> None:
+    """Run ``kernel(*head, part, *tail)`` over the row ranges ``rs`` with ``n_threads`` threads.
+
+    The serial kernels release the GIL, so plain Python threads run them in
+    parallel. Threads take the next nnz-balanced range from a shared counter
+    (dynamic scheduling: a core slowed by other work simply takes fewer
+    ranges), and the calling thread works too. Unlike a numba ``prange``
+    launch this needs no thread-safe threading layer, and concurrent callers
+    just share the pool.
+    """
+    n_parts = rs.size - 1
+    n_threads = min(n_threads, n_parts)
+    if n_threads <= 1:
+        kernel(*head, rs, *tail)
+        return
+    counter = itertools.count()
+
+    def work():
+        while True:
+            k = next(counter)  # atomic under the GIL
+            if k >= n_parts:
+                return
+            kernel(*head, rs[k:k + 2], *tail)
+
+    futures = [_executor().submit(work) for _ in range(n_threads - 1)]
+    work()
+    for f in futures:
+        f.result()
 
 
 def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) -> np.ndarray:
@@ -270,11 +311,14 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) 
     Y = np.empty((n_batch, n_out), dtype=data.dtype)
     if n_batch == 0 or n_out == 0:
         return Y
-    parallel = int(indptr[-1]) * n_batch >= SERIAL_WORK and numba.get_num_threads() > 1
-    rs = row_starts_for(numba.get_num_threads() if parallel else 1)
+    n_threads = numba.get_num_threads()
+    parallel = int(indptr[-1]) * n_batch >= SERIAL_WORK and n_threads > 1
+    if not parallel:
+        n_threads = 1
+    rs = row_starts_for(PARTS_PER_THREAD * n_threads if parallel else 1)
     if n_batch == 1:
         x = np.ascontiguousarray(X[0])
-        _run(_k.spmv, _k.spmv_serial, parallel, data, indices, indptr, x, bias, act, rs, Y[0])
+        _run_rows(_k.spmv, n_threads, rs, (data, indices, indptr, x, bias, act), (Y[0],))
         flags = np.array([not np.isfinite(x).all()], np.int8)
     else:
         full = (n_batch // 64) * 64
@@ -290,10 +334,10 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) 
                 xp[-1, :, width - pad:] = 0  # padding lanes are computed (never stored): keep them finite
             n_chunks = (n_in + _k.PACK_CHUNK - 1) // _k.PACK_CHUNK
             fl = np.zeros((max(n_chunks, 1), b1 - b0), np.int8)
-            _run(_k.pack, _k.pack_serial, parallel, X[b0:b1], xp, fl)
+            _k.pack(X[b0:b1], xp, fl)
             flag_parts.append(fl.max(axis=0))
-            _run(_k.spmm_kernel(width, True), _k.spmm_kernel(width, False), parallel,
-                 data, indices, indptr, xp, bias, act, rs, Y[b0:b1], OUT_CHUNK)
+            _run_rows(_k.spmm_kernel(width), n_threads, rs, (data, indices, indptr, xp, bias, act),
+                      (Y[b0:b1], OUT_CHUNK))
         flags = np.concatenate(flag_parts)
     if flags.any():
         _propagate_nonfinite(X, np.flatnonzero(flags), data, indices, indptr, n_in, Y)
@@ -562,8 +606,9 @@ def spmm_sweep(densities: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5),
     For each (density, batch): ``X @ W_dense.T`` (BLAS), ``W_csr @ X.T`` (scipy),
     our sparse kernel (``SparseLinear(W)(X, method="sparse")``) and the
     dispatcher (``SparseLinear(W)(X)``), run interleaved in one process with
-    the same thread count, one warm-up call each excluded, median of
-    ``repeats``.
+    the same thread count, median of ``repeats``. Each timed call follows an
+    untimed call of the same function (warm-up; it also lets the other
+    library's spin-waiting threads go quiet).
 
     Returns
     -------
@@ -594,6 +639,11 @@ def spmm_sweep(densities: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5),
                     f()
                 for _ in range(repeats):
                     for k, f in fns.items():
+                        # One untimed call first: OpenBLAS and numba's OpenMP
+                        # threads both spin-wait after a call, so the first
+                        # call after the other library's shares the cores with
+                        # those spinners. The timed call is the steady state.
+                        f()
                         t0 = time.perf_counter()
                         f()
                         times[k].append(time.perf_counter() - t0)
