@@ -113,18 +113,24 @@ class _SLPDispatcher:
     def __init__(self, dispatcher):
         self.dispatcher = dispatcher
         self.py_func = dispatcher.py_func
+        self._seen: set = set()
 
     def __call__(self, *args):
         d = self.dispatcher
-        sig = tuple(numba.typeof(a) for a in args)
-        if sig not in d.overloads:
-            with global_compiler_lock:
-                old = numba.config.SLP_VECTORIZE
-                numba.config.SLP_VECTORIZE = 1
-                try:
-                    d.compile(sig)
-                finally:
-                    numba.config.SLP_VECTORIZE = old
+        # A cheap key first (numba.typeof on every argument costs ~20 us a call).
+        key = tuple((a.dtype.num, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous)
+                    if isinstance(a, np.ndarray) else type(a) for a in args)
+        if key not in self._seen:
+            sig = tuple(numba.typeof(a) for a in args)
+            if sig not in d.overloads:
+                with global_compiler_lock:
+                    old = numba.config.SLP_VECTORIZE
+                    numba.config.SLP_VECTORIZE = 1
+                    try:
+                        d.compile(sig)
+                    finally:
+                        numba.config.SLP_VECTORIZE = old
+            self._seen.add(key)
         return d(*args)
 
 
