@@ -13,6 +13,13 @@ NaN and inf in ``X`` propagate exactly as in the dense product: a dense
 all-NaN output row, and an input row holding an inf gives NaN in every output
 whose weight row does not store a nonzero weight at each infinite column
 (the other outputs get the ±inf/NaN the stored weights produce).
+
+Threads: the sparse kernels run on ``numba.get_num_threads()`` threads, the
+dense path on BLAS's; :func:`sparseprune.thread_limit` sets both at once. The
+kernels release the GIL and run on a small shared thread pool, each thread
+taking nnz-balanced row ranges as it frees up, so any number of Python
+threads may call :func:`linear` at the same time. Small work (fewer than
+``SERIAL_WORK`` multiply-adds) stays on the calling thread.
 """
 from __future__ import annotations
 
@@ -37,9 +44,12 @@ __all__ = ["Decision", "SparseLinear", "calibrate", "explain", "linear", "set_ca
 
 ACTIVATIONS = tuple(_k.ACTIVATIONS)
 _METHODS = ("auto", "dense", "sparse")
-#: Below this many multiply-adds (nnz x batch) the kernels run serially: a
-#: parallel launch costs tens of microseconds, more than such a layer takes.
-SERIAL_WORK = 200_000
+#: Below this many multiply-adds (nnz x batch) a call stays on the calling
+#: thread: handing work to pool threads cost 100-150 us on the 2-core test
+#: machine, and measured break-even was about 1.3M nonzeros at batch 1 (SpMV,
+#: ~0.5 ns per nonzero) and a few million multiply-adds at batch 16.
+SERIAL_WORK = 4_000_000
+SERIAL_WORK_SPMV = 1_500_000
 #: Output rows the SpMM kernel stages before one transposed copy into Y.
 OUT_CHUNK = 64
 #: nnz-balanced row ranges per thread, taken dynamically (see _run_rows).
@@ -184,7 +194,8 @@ class Decision:
 
 def _kernel_name(batch: int, nnz: int) -> str:
     n = numba.get_num_threads()
-    mode = f"{n} threads" if nnz * max(batch, 1) >= SERIAL_WORK and n > 1 else "1 thread"
+    limit = SERIAL_WORK_SPMV if batch <= 1 else SERIAL_WORK
+    mode = f"{n} threads" if nnz * max(batch, 1) >= limit and n > 1 else "1 thread"
     if batch <= 1:
         return f"kernels.spmm.spmv ({mode})"
     full, rest = divmod(batch, 64)
@@ -312,7 +323,7 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) 
     if n_batch == 0 or n_out == 0:
         return Y
     n_threads = numba.get_num_threads()
-    parallel = int(indptr[-1]) * n_batch >= SERIAL_WORK and n_threads > 1
+    parallel = int(indptr[-1]) * n_batch >= (SERIAL_WORK_SPMV if n_batch == 1 else SERIAL_WORK) and n_threads > 1
     if not parallel:
         n_threads = 1
     rs = row_starts_for(PARTS_PER_THREAD * n_threads if parallel else 1)

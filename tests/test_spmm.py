@@ -81,8 +81,10 @@ def test_matches_dense_reference(batch, n_in, n_out, density, dtype, activation,
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch", [1, 5, 16, 40, 64, 150])
-def test_parallel_sizes_every_width(dtype, batch):
-    # Large enough for the parallel kernels; batches cover each block width and remainders.
+def test_parallel_sizes_every_width(dtype, batch, monkeypatch):
+    # Every call on the thread pool; batches cover each block width and remainders.
+    monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
+    monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
     rng = np.random.default_rng(batch)
     W = random_csr(rng, 301, 257, 0.4, dtype)
     X = rng.standard_normal((batch, 257)).astype(dtype)
@@ -332,7 +334,9 @@ def test_interpolation_between_batches():
 
 
 # ---------------------------------------------------------------- threads
-def test_eight_python_threads_same_results():
+def test_eight_python_threads_same_results(monkeypatch):
+    monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)  # every call uses the shared pool
+    monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
     rng = np.random.default_rng(6)
     W = random_csr(rng, 400, 300, 0.3)
     layer = sparseprune.SparseLinear(W, rng.standard_normal(400).astype(np.float32), "relu")
