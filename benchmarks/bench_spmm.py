@@ -48,7 +48,9 @@ def _layer(density):
         rng = np.random.default_rng(int(density * 1000))
         W = sp.random_array((N, N), density=density, format="csr", dtype=np.float32, rng=rng)
         _cache.clear()  # one density's matrices at a time keeps memory flat
-        _cache[density] = (W, W.toarray(), sparseprune.SparseLinear(W))
+        layer = sparseprune.SparseLinear(W)
+        # Dense baseline = the layer's own dense copy (what its dense path uses).
+        _cache[density] = (W, layer._dense(), layer)
     return _cache[density]
 
 

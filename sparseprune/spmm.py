@@ -635,7 +635,11 @@ def spmm_sweep(densities: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5),
         for density in densities:
             W = sp.random_array((n, n), density=density, format="csr", dtype=dtype, rng=rng)
             layer = SparseLinear(W)
-            Wd = W.toarray()
+            # The baseline uses the layer's own dense copy, the array the
+            # dispatcher's dense path multiplies by: two separately allocated
+            # 64 MiB copies can differ by several percent in BLAS speed
+            # (page placement), which would blur the dispatcher comparison.
+            Wd = layer._dense()
             for batch in batches:
                 X = rng.standard_normal((batch, n)).astype(dtype)
                 fns = {
