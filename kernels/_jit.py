@@ -20,11 +20,25 @@ FASTMATH = frozenset({"reassoc", "contract"})
 _COMMON = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
 
-def jit(fn: Callable | None = None, *, parallel: bool = False, fastmath: bool = True):
+def _fastmath_flags(fastmath):
+    # True: the project's flags; False: none; or a subset of FASTMATH (e.g.
+    # {"contract"} to keep FMA but stop LLVM from vectorising a reduction
+    # with gathers, which needs "reassoc").
+    if fastmath is True:
+        return set(FASTMATH)
+    if not fastmath:
+        return False
+    flags = set(fastmath)
+    if not flags <= FASTMATH:
+        raise ValueError(f"fastmath flags must be a subset of {sorted(FASTMATH)}; got {sorted(flags)}.")
+    return flags
+
+
+def jit(fn: Callable | None = None, *, parallel: bool = False, fastmath: bool | frozenset = True):
     """Compile ``fn`` with the project's settings (lazily, once per dtype, cached)."""
 
     def wrap(f):
-        return numba.njit(parallel=parallel, fastmath=FASTMATH if fastmath else False, **_COMMON)(f)
+        return numba.njit(parallel=parallel, fastmath=_fastmath_flags(fastmath), **_COMMON)(f)
 
     return wrap if fn is None else wrap(fn)
 
@@ -44,7 +58,7 @@ def specialize(fn: Callable, suffix: str, **constants) -> Callable:
     return copy
 
 
-def jit_variants(fn: Callable, *, fastmath: bool = True, suffix: str = "", **constants):
+def jit_variants(fn: Callable, *, fastmath: bool | frozenset = True, suffix: str = "", **constants):
     """Compile one function twice: serial and parallel (``prange`` becomes ``range``).
 
     ``constants`` (with a ``suffix`` naming them) override globals of ``fn`` for
