@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
+from sparseprune.mlp import MLPClassifier, MLPRegressor, from_sklearn, load
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MLPClassifier",
+    "MLPRegressor",
+    "from_sklearn",
     "get_num_threads",
+    "load",
     "set_num_threads",
     "thread_limit",
     "threading_layer",
