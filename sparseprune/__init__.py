@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
+from sparseprune.masking import (
+    SparsityInfo,
+    global_magnitude_prune,
+    magnitude_prune,
+    nm_prune,
+    sparsity_info,
+    threshold_mask,
+)
 from sparseprune.mlp import MLPClassifier, MLPRegressor, from_sklearn, load
 
 __version__ = "0.1.0"
@@ -9,7 +17,13 @@ __version__ = "0.1.0"
 __all__ = [
     "MLPClassifier",
     "MLPRegressor",
+    "SparsityInfo",
     "from_sklearn",
+    "global_magnitude_prune",
+    "magnitude_prune",
+    "nm_prune",
+    "sparsity_info",
+    "threshold_mask",
     "get_num_threads",
     "load",
     "set_num_threads",
