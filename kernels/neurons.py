@@ -21,6 +21,8 @@ def _activation_stats(A, out):
     Columns are split into contiguous blocks, one per prange iteration, so each
     iteration owns a disjoint slice of ``out`` (no shared accumulators); inside a
     block the rows are streamed in order, which keeps the access to ``A`` contiguous.
+    Compiled without fastmath: min/max/zero tests must be exact for constant-neuron
+    detection.
     """
     n, k = A.shape
     block = 64
@@ -52,10 +54,10 @@ def _activation_stats(A, out):
             out[2, j] /= n
 
 
-activation_stats_serial, activation_stats_parallel = jit_variants(_activation_stats)
+activation_stats_serial, activation_stats_parallel = jit_variants(_activation_stats, fastmath=False)
 
 
-@jit
+@jit(fastmath=False)
 def dense_row_norms(W, p, out):
     """``out[i] = ||W[i, :]||_p`` for p in {1, 2} (incoming weights of neuron i)."""
     for i in range(W.shape[0]):
@@ -66,7 +68,7 @@ def dense_row_norms(W, p, out):
         out[i] = s if p == 1 else np.sqrt(s)
 
 
-@jit
+@jit(fastmath=False)
 def dense_col_norms(W, p, out):
     """``out[j] = ||W[:, j]||_p`` for p in {1, 2} (outgoing weights of neuron j)."""
     out[:] = 0.0
@@ -79,7 +81,7 @@ def dense_col_norms(W, p, out):
             out[j] = np.sqrt(out[j])
 
 
-@jit
+@jit(fastmath=False)
 def csr_row_norms(data, indptr, p, out):
     """Row norms of a CSR matrix; only stored values count."""
     for i in range(indptr.shape[0] - 1):
@@ -90,7 +92,7 @@ def csr_row_norms(data, indptr, p, out):
         out[i] = s if p == 1 else np.sqrt(s)
 
 
-@jit
+@jit(fastmath=False)
 def csr_col_norms(data, indices, p, out):
     """Column norms of a CSR matrix (``out`` has one slot per column)."""
     out[:] = 0.0
@@ -102,7 +104,7 @@ def csr_col_norms(data, indices, p, out):
             out[j] = np.sqrt(out[j])
 
 
-@jit
+@jit(fastmath=False)
 def csr_keep_rows(data, indices, indptr, keep):
     """The rows ``keep`` (sorted, unique) of a CSR matrix, as new CSR arrays."""
     n_keep = keep.shape[0]
@@ -124,7 +126,7 @@ def csr_keep_rows(data, indices, indptr, keep):
     return new_data, new_indices, new_indptr
 
 
-@jit
+@jit(fastmath=False)
 def csr_remove_cols(data, indices, indptr, col_map, col_value, bias_delta):
     """Drop the columns with ``col_map[j] < 0`` and renumber the others to ``col_map[j]``.
 

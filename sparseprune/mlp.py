@@ -23,8 +23,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from threadpoolctl import threadpool_limits
 
 from sparseprune._validation import check_int, check_number
+from sparseprune.masking import global_magnitude_prune, magnitude_prune, threshold_mask
 from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
 
 __all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
@@ -37,12 +39,6 @@ try:  # sparse inference dispatcher (sparseprune/spmm.py)
 except ImportError:  # pragma: no cover - until spmm lands on main
     _dispatch_linear = None
 
-try:  # masking (sparseprune/masking.py)
-    from sparseprune.masking import global_magnitude_prune as _global_prune
-    from sparseprune.masking import magnitude_prune as _layer_prune
-    from sparseprune.masking import threshold_mask as _threshold_prune
-except ImportError:  # pragma: no cover - until masking lands on main
-    _global_prune = _layer_prune = _threshold_prune = None
 
 
 def _linear_fallback(X, W, bias, activation):
@@ -61,35 +57,12 @@ def _linear(X, W, bias, activation):
     return _dispatch_linear(X, W, bias=bias, activation=activation)
 
 
-def _fallback_keep_largest(weights, sparsity):
-    flat = np.concatenate([np.abs(W).ravel() for W in weights])
-    k = int(math.floor(sparsity * flat.size))
-    if k == 0:
-        return [sparse.csr_array(W) for W in weights]
-    thr = np.partition(flat, k - 1)[k - 1]
-    out = []
-    for W in weights:
-        W = np.where(np.abs(W) <= thr, 0, W).astype(W.dtype)
-        out.append(sparse.csr_array(W))
-    return out
-
-
 def _prune_global(weights, sparsity):
-    if _global_prune is None:
-        return _fallback_keep_largest(weights, sparsity)
-    return _global_prune(weights, sparsity)
+    return global_magnitude_prune(weights, sparsity)
 
 
 def _prune_layer(W, sparsity):
-    if _layer_prune is None:
-        return _fallback_keep_largest([W], sparsity)[0]
-    return _layer_prune(W, sparsity)
-
-
-def _prune_threshold(W, threshold):
-    if _threshold_prune is None:
-        return sparse.csr_array(np.where(np.abs(W) < threshold, 0, W).astype(W.dtype))
-    return _threshold_prune(W, threshold)
+    return magnitude_prune(W, sparsity, scope="tensor")
 
 
 # ---------------------------------------------------------------------------
@@ -250,6 +223,9 @@ def _check_hidden_sizes(value):
     return tuple(int(s) for s in sizes)
 
 
+# Largest weight matrix (entries) trained with a single BLAS thread.
+_SMALL_GEMM = 1 << 20
+
 _SK_PARAMS = ("hidden_layer_sizes", "activation", "solver", "alpha", "batch_size", "learning_rate_init",
               "max_iter", "shuffle", "random_state", "tol", "early_stopping", "validation_fraction",
               "beta_1", "beta_2", "epsilon", "n_iter_no_change", "momentum", "nesterovs_momentum")
@@ -367,11 +343,20 @@ class _BaseMLP(BaseEstimator):
         reg = sum(float(np.dot(W.ravel(), W.ravel())) for W in Ws)
         return loss + 0.5 * self.alpha * reg / n
 
-    def _train(self, X, Y, *, epochs, lr, masks, rng, stop_early, on_epoch=None, y_val=None, X_val=None):
+    def _train(self, X, Y, **kw):
         """Minibatch training of dense weights; ``masks[l]`` keeps pruned weights at zero.
 
         Returns (Ws, bs, n_iter, loss_curve, validation_scores, final_masks).
         """
+        # A minibatch GEMM of this size does not amortise waking a second BLAS
+        # thread, and on a busy 2-core machine (or next to spinning numba/OpenMP
+        # threads) two BLAS threads made digits training 5-10x slower than one.
+        if max(layer.shape[0] * layer.shape[1] for layer in self.layers_) <= _SMALL_GEMM:
+            with threadpool_limits(limits=1, user_api="blas"):
+                return self._train_loop(X, Y, **kw)
+        return self._train_loop(X, Y, **kw)
+
+    def _train_loop(self, X, Y, *, epochs, lr, masks, rng, stop_early, on_epoch=None, y_val=None, X_val=None):
         Ws = [layer.dense_weight().astype(np.float32 if X.dtype == np.float32 else X.dtype, copy=True)
               for layer in self.layers_]
         bs = [np.array(layer.bias, dtype=Ws[0].dtype, copy=True) for layer in self.layers_]
@@ -571,7 +556,7 @@ class _BaseMLP(BaseEstimator):
         dense = [layer.dense_weight() for layer in self.layers_]
         if threshold is not None:
             t = check_number(threshold, "threshold", low=0.0)
-            new = [_prune_threshold(W, t) for W in dense]
+            new = [threshold_mask(W, t) for W in dense]
         else:
             s = _check_sparsity(sparsity)
             new = _prune_global(dense, s) if scope == "global" else [_prune_layer(W, s) for W in dense]
