@@ -490,7 +490,7 @@ class _BaseMLP(BaseEstimator):
         X, y = validate_data(self, X, y, reset=True, dtype=(np.float64, np.float32),
                              multi_output=self._loss == "squared_error", y_numeric=self._loss == "squared_error")
         if X.shape[0] < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 samples to fit. Got {X.shape[0]}.")
+            raise ValueError(f"{type(self).__name__} needs at least 2 samples to fit; got n_samples={X.shape[0]}.")
         X = np.ascontiguousarray(X, dtype=np.float32)
         Y = self._encode_y(y, fitting=True)
         rng = check_random_state(self.random_state)
@@ -981,6 +981,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _loss = "squared_error"
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
     def _encode_y(self, y, fitting):
         y = np.asarray(y)
         if fitting:
@@ -1000,7 +1006,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def predict(self, X) -> np.ndarray:
         """Predicted values, shape (n_samples,) or (n_samples, n_outputs)."""
         X = self._check_X(X)
-        out = np.asarray(self._forward(X))
+        # float64 like scikit-learn's regressors, whatever precision the layers run in.
+        out = np.asarray(self._forward(X), dtype=np.float64)
         return out[:, 0].copy() if getattr(self, "_y_ndim", 1) == 1 else out
 
 
