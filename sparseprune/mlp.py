@@ -1066,6 +1066,8 @@ def load(path):
     params = meta.get("params")
     if not isinstance(params, dict) or set(params) - set(_SK_PARAMS):
         raise _bad(path, "'params' must be a dict of known hyperparameters.")
+    if isinstance(params.get("hidden_layer_sizes"), list):
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
     try:
         model = cls(**params)
         model._validate_params()
