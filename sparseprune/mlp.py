@@ -25,7 +25,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from threadpoolctl import threadpool_limits
 
-from sparseprune._validation import check_int, check_number
+from sparseprune._validation import check_int, check_number, index_dtype
 from sparseprune.masking import global_magnitude_prune, magnitude_prune, threshold_mask
 from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
 
@@ -454,11 +454,7 @@ class _BaseMLP(BaseEstimator):
             if mask is None:
                 layers.append(Layer(np.ascontiguousarray(W), b))
             else:
-                # Keep the mask's structure (a weight trained to exactly 0 stays stored).
-                rows, cols = np.nonzero(mask)
-                Wc = sparse.csr_array((W[rows, cols], (rows, cols)), shape=W.shape)
-                Wc.sort_indices()
-                layers.append(Layer(Wc, b))
+                layers.append(Layer(_masked_csr(W, mask), b))
         self.layers_ = layers
 
     def _masks(self):
@@ -870,6 +866,20 @@ class _BaseMLP(BaseEstimator):
             est.classes_ = self.classes_
             est._label_binarizer = LabelBinarizer().fit(self.classes_)
         return est
+
+
+def _masked_csr(W, mask):
+    """CSR of ``W`` with exactly the mask's structure (a weight trained to 0 stays stored).
+
+    Row-major ``nonzero`` order gives sorted column indices; index dtype follows
+    scipy's rule (int32 unless the size needs int64), as the masking functions do.
+    """
+    keep = mask != 0
+    rows, cols = np.nonzero(keep)
+    idx = index_dtype(rows.size, *W.shape)
+    indptr = np.zeros(W.shape[0] + 1, dtype=idx)
+    np.cumsum(np.count_nonzero(keep, axis=1), out=indptr[1:])
+    return sparse.csr_array((W[rows, cols], cols.astype(idx), indptr), shape=W.shape)
 
 
 def _dispatch_choice(W, batch_size):

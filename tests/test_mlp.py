@@ -160,6 +160,7 @@ def test_prune_layer_scope_and_threshold(model):
 
 
 def test_fine_tune_keeps_pruned_weights_exactly_zero(model, digits):
+    """Masked fine-tuning: same CSR structure afterwards, int32 sorted indices, zeros stay zeros."""
     Xtr, Xte, ytr, yte = digits
     model.prune(sparsity=0.9)
     before = [layer.weight.copy() for layer in model.layers_]
@@ -168,7 +169,8 @@ def test_fine_tune_keeps_pruned_weights_exactly_zero(model, digits):
     np.testing.assert_array_equal(X0, Xtr)
     np.testing.assert_array_equal(y0, ytr)
     for layer, W in zip(model.layers_, before):
-        assert layer.is_sparse
+        assert layer.is_sparse and layer.weight.indices.dtype == np.int32
+        layer.weight.check_format(full_check=True)
         np.testing.assert_array_equal(layer.weight.indptr, W.indptr)
         np.testing.assert_array_equal(layer.weight.indices, W.indices)
         assert not np.array_equal(layer.weight.data, W.data)  # it did train
@@ -265,6 +267,7 @@ def test_sparsity_report(model):
         assert r["flops_sparse"] == 2 * r["nnz"] and r["flops_dense"] == 2 * out * inp
         assert r["density"] == pytest.approx(r["nnz"] / (out * inp))
         assert r["path"] in ("dense", "sparse") and r["format"] == "csr"
+        assert W.indices.dtype == np.int32 and W.has_sorted_indices
     tot = rows[-1]
     assert tot["nnz"] == sum(r["nnz"] for r in rows[:-1])
     assert tot["density"] == pytest.approx(0.1, abs=1e-3)
@@ -322,3 +325,16 @@ def test_bad_input(model, digits):
         model.eliminate_neurons(Xtr, fraction=1.0)
     with pytest.raises(ValueError, match="labels not seen"):
         model.fine_tune(Xtr[:10], np.full(10, 42), epochs=1)
+
+
+def test_study_rows_are_consistent():
+    from sparseprune._study_mlp import digits_study
+
+    rows = digits_study(sparsities=(0.9,), hidden_layer_sizes=(64, 32), epochs=10, combined_sparsity=0.8)
+    assert [r["method"] for r in rows] == ["dense", "gradual_prune", "eliminate_dead",
+                                            "eliminate_50%+fine_tune", "eliminate+gradual_prune"]
+    for r in rows:
+        assert r["nnz"] == r["flops"] // 2 and r["params_kept"] <= r["params_total"]
+        assert 0 <= r["accuracy"] <= 1
+    assert rows[1]["sparsity"] == pytest.approx(0.9, abs=1e-3) and rows[1]["bytes_csr"] < rows[1]["bytes_dense"]
+    assert rows[3]["hidden"] == [32, 16]
