@@ -32,29 +32,44 @@ from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_s
 __all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
 
 # ---------------------------------------------------------------------------
-# Dependencies on sibling modules. Each has exactly one call site below.
+# The sparse inference dispatcher (sparseprune/spmm.py). Every forward pass of
+# a fitted model goes through ``_layer_forward`` and every dispatcher question
+# through ``_dispatch_choice``: the only two places that touch spmm.
 # ---------------------------------------------------------------------------
-try:  # sparse inference dispatcher (sparseprune/spmm.py)
-    from sparseprune.spmm import linear as _dispatch_linear
-except ImportError:  # pragma: no cover - until spmm lands on main
-    _dispatch_linear = None
-
+try:
+    from sparseprune.spmm import SparseLinear as _SparseLinear
+    from sparseprune.spmm import explain as _explain
+    from sparseprune.spmm import linear as _spmm_linear
+except ImportError:  # pragma: no cover - only while spmm has not landed
+    _SparseLinear = _explain = _spmm_linear = None
 
 
 def _linear_fallback(X, W, bias, activation):
-    """numpy stand-in for :func:`sparseprune.linear` (used only if spmm is missing)."""
-    Z = (W @ X.T).T if sparse.issparse(W) else X @ W.T
-    Z = np.asarray(Z)
-    if bias is not None:
-        Z = Z + bias
-    return np.maximum(Z, 0, out=Z) if activation == "relu" else Z
+    """numpy stand-in for :func:`sparseprune.linear`, used only when spmm is missing."""
+    Z = np.asarray((W @ X.T).T if sparse.issparse(W) else X @ W.T)
+    Z = Z + bias
+    return _ACT[activation or "identity"](Z)
 
 
-def _linear(X, W, bias, activation):
-    """The single call site of the sparse/dense inference dispatcher."""
-    if _dispatch_linear is None:
-        return _linear_fallback(X, W, bias, activation)
-    return _dispatch_linear(X, W, bias=bias, activation=activation)
+def _layer_forward(layer: "Layer", X, activation):
+    """``act(X @ W.T + b)`` for one layer through the dispatcher.
+
+    A CSR layer is prepared once as a ``SparseLinear`` (validation and row
+    partitioning done once, cached on the layer); a dense layer goes to
+    ``linear``, which runs BLAS for dense arrays.
+    """
+    if _spmm_linear is None:
+        return _linear_fallback(X, layer.weight, layer.bias, activation)
+    if layer.is_sparse:
+        return layer._prepared(activation)(X)
+    return _spmm_linear(X, layer.weight, bias=layer.bias, activation=activation)
+
+
+def _dispatch_choice(W, batch_size):
+    """Which path ("dense" or "sparse") the dispatcher takes for W at this batch size."""
+    if _explain is None:
+        return "sparse" if sparse.issparse(W) else "dense"
+    return _explain(batch_size, _SparseLinear(W) if sparse.issparse(W) else W).path
 
 
 def _prune_global(weights, sparsity):
@@ -75,32 +90,73 @@ class Layer:
     ----------
     weight : ndarray or scipy.sparse.csr_array of shape (out, in)
     bias : ndarray of shape (out,)
+
+    Notes
+    -----
+    A CSR layer caches its prepared ``sparseprune.SparseLinear`` (which holds a
+    copy of the weights). Assigning ``weight`` or ``bias`` clears that cache;
+    modifying the arrays in place does not, so assign new arrays instead.
     """
 
-    __slots__ = ("weight", "bias")
+    __slots__ = ("_weight", "_bias", "_cache")
 
     def __init__(self, weight, bias) -> None:
-        self.weight = weight
-        self.bias = bias
+        self._weight = weight
+        self._bias = bias
+        self._cache = {}
+
+    @property
+    def weight(self):
+        return self._weight
+
+    @weight.setter
+    def weight(self, value) -> None:
+        self._weight = value
+        self._cache = {}
+
+    @property
+    def bias(self):
+        return self._bias
+
+    @bias.setter
+    def bias(self, value) -> None:
+        self._bias = value
+        self._cache = {}
+
+    def _prepared(self, activation):
+        op = self._cache.get(activation)
+        if op is None:
+            op = _SparseLinear(self._weight, self._bias, activation)
+            self._cache[activation] = op
+        return op
+
+    # The cache holds locks and per-thread partitions: never pickle or deep-copy it.
+    def __getstate__(self):
+        return {"weight": self._weight, "bias": self._bias}
+
+    def __setstate__(self, state) -> None:
+        self._weight = state["weight"]
+        self._bias = state["bias"]
+        self._cache = {}
 
     @property
     def shape(self) -> tuple[int, int]:
         """(out, in)."""
-        return tuple(self.weight.shape)
+        return tuple(self._weight.shape)
 
     @property
     def is_sparse(self) -> bool:
         """True when the weight is stored as CSR."""
-        return sparse.issparse(self.weight)
+        return sparse.issparse(self._weight)
 
     @property
     def nnz(self) -> int:
         """Stored nonzero weights (nonzero entries for a dense weight)."""
-        return int(self.weight.nnz) if self.is_sparse else int(np.count_nonzero(self.weight))
+        return int(self._weight.nnz) if self.is_sparse else int(np.count_nonzero(self._weight))
 
     def dense_weight(self) -> np.ndarray:
         """The weight as a dense C-contiguous array (a copy for CSR)."""
-        return self.weight.toarray() if self.is_sparse else np.ascontiguousarray(self.weight)
+        return self._weight.toarray() if self.is_sparse else np.ascontiguousarray(self._weight)
 
     def __repr__(self) -> str:
         kind = "csr" if self.is_sparse else "dense"
@@ -306,25 +362,14 @@ class _BaseMLP(BaseEstimator):
     # -- forward / backward --------------------------------------------------
     def _forward(self, X) -> np.ndarray:
         """Raw output (before the output activation) through the inference dispatcher."""
-        H = X
-        last = len(self.layers_) - 1
-        for i, layer in enumerate(self.layers_):
-            hidden = i < last
-            fused = "relu" if hidden and self.activation == "relu" else None
-            H = _linear(H, layer.weight, layer.bias, fused)
-            if hidden and fused is None:
-                H = _ACT[self.activation](np.array(H, copy=True))
-        return H
+        return self._hidden_activations(X, len(self.layers_) - 1)
 
     def _hidden_activations(self, X, upto: int) -> np.ndarray:
-        """Activation of hidden layer ``upto`` (0-based) on X, through the dispatcher."""
+        """Output of layer ``upto`` (0-based; hidden layers activated, the last one raw)."""
         H = X
+        last = len(self.layers_) - 1
         for i in range(upto + 1):
-            layer = self.layers_[i]
-            fused = "relu" if self.activation == "relu" else None
-            H = _linear(H, layer.weight, layer.bias, fused)
-            if fused is None:
-                H = _ACT[self.activation](np.array(H, copy=True))
+            H = _layer_forward(self.layers_[i], H, self.activation if i < last else None)
         return H
 
     def _batch_size(self, n):
@@ -880,15 +925,6 @@ def _masked_csr(W, mask):
     indptr = np.zeros(W.shape[0] + 1, dtype=idx)
     np.cumsum(np.count_nonzero(keep, axis=1), out=indptr[1:])
     return sparse.csr_array((W[rows, cols], cols.astype(idx), indptr), shape=W.shape)
-
-
-def _dispatch_choice(W, batch_size):
-    """Which path the inference dispatcher takes for W at this batch size."""
-    try:
-        from sparseprune.spmm import choose_path
-    except ImportError:
-        return "sparse" if sparse.issparse(W) else "dense"
-    return choose_path(W, batch_size)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
