@@ -347,9 +347,15 @@ class _BaseMLP(BaseEstimator):
 
     def _check_X(self, X, name="X"):
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        if X.shape[0] == 0:
-            raise ValueError(f"{name} has 0 samples; pass at least one row.")
+        if name != "X":
+            if np.ndim(X) == 2 and np.shape(X)[0] == 0:
+                raise ValueError(f"{name} has 0 samples; pass at least one row of calibration data.")
+            try:
+                X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        else:
+            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         return np.ascontiguousarray(X, dtype=self._dtype)
 
     def _check_Xy_more(self, X, y):
@@ -793,7 +799,8 @@ class _BaseMLP(BaseEstimator):
             ``csr_bytes`` (data + indices + indptr; None for a dense layer),
             ``flops_dense`` (2*out*in per sample), ``flops_sparse`` (2*nnz per
             sample), ``bias_params``, ``format`` ("dense"/"csr") and ``path``
-            (the kernel family the dispatcher picks at this batch size).
+            ("dense" or "sparse": what :func:`sparseprune.explain` says the
+            dispatcher picks for this layer at ``batch_size``).
         """
         check_is_fitted(self)
         batch_size = check_int(batch_size, "batch_size", low=1)
@@ -1000,7 +1007,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_[np.argmax(P, axis=1)]
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (n_samples, n_classes)."""
+        """Class probabilities, shape (n_samples, n_classes).
+
+        Each layer runs through :func:`sparseprune.linear` (dense layers: BLAS)
+        or a cached :class:`sparseprune.SparseLinear` (CSR layers), i.e. the
+        kernels ``sparseprune.kernels.spmm.spmm_kernel`` / ``spmv`` when the
+        dispatcher picks the sparse path.
+        """
         X = self._check_X(X)
         P = _ACT[self.out_activation_](np.array(self._forward(X), copy=True))
         if P.shape[1] == 1:
@@ -1012,7 +1025,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return np.log(self.predict_proba(X))
 
     def predict(self, X) -> np.ndarray:
-        """Predicted class labels."""
+        """Predicted class labels (forward pass as in :meth:`predict_proba`)."""
         X = self._check_X(X)
         P = _ACT[self.out_activation_](np.array(self._forward(X), copy=True))
         return self._labels(P)
@@ -1050,7 +1063,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return float(r2_score(y_val, H if self._y_ndim == 2 else H[:, 0]))
 
     def predict(self, X) -> np.ndarray:
-        """Predicted values, shape (n_samples,) or (n_samples, n_outputs)."""
+        """Predicted values, shape (n_samples,) or (n_samples, n_outputs), float64.
+
+        Each layer runs through :func:`sparseprune.linear` or a cached
+        :class:`sparseprune.SparseLinear` (kernels ``sparseprune.kernels.spmm``).
+        """
         X = self._check_X(X)
         # float64 like scikit-learn's regressors, whatever precision the layers run in.
         out = np.asarray(self._forward(X), dtype=np.float64)
