@@ -70,3 +70,30 @@ def test_mlp_predict(benchmark, models, batches, name, batch):
     assert pred.shape == (batch,)
     if name == "dense":
         np.testing.assert_array_equal(pred, models["sklearn-dense"].predict(X))
+
+
+def interleaved_medians(models, X, names=NAMES, rounds=ROUNDS):
+    """Median predict time per model, calls interleaved round-robin so machine load hits all alike."""
+    import time
+
+    for name in names:  # warm-up: compile, calibrate, build the prepared layers
+        models[name].predict(X)
+    times = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            t0 = time.perf_counter()
+            models[name].predict(X)
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+@pytest.mark.parametrize("batch", [1, 256])
+def test_mlp_speedup_table(models, batches, batch, capsys):
+    """Interleaved ratios (the figures to report): each model's median vs the dense model's."""
+    med = interleaved_medians(models, batches[batch])
+    with capsys.disabled():
+        print(f"\nMLP predict {N_IN}-{HIDDEN[0]}-{HIDDEN[1]}-10 float32, batch={batch}, "
+              f"{sparseprune.get_num_threads()} thread(s), median of {ROUNDS} interleaved rounds")
+        for name, t in med.items():
+            print(f"  {name:28s} {t * 1e3:9.3f} ms   speedup vs dense {med['dense'] / t:6.2f}x   "
+                  f"vs sklearn {med['sklearn-dense'] / t:6.2f}x")

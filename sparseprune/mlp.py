@@ -1052,7 +1052,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             self._y_ndim = y.ndim
             self.out_activation_ = "identity"
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
-        if Y.shape[1] != self.layers_[-1].shape[0] if hasattr(self, "layers_") and not fitting else False:
+        if not fitting and Y.shape[1] != self.layers_[-1].shape[0]:
             raise ValueError(f"y has {Y.shape[1]} outputs but the model was fitted with {self.layers_[-1].shape[0]}.")
         if not np.isfinite(Y).all():
             raise ValueError("Input y contains NaN or infinity.")

@@ -192,6 +192,18 @@ def test_gradual_prune_95_percent_within_half_a_point(dense_model, model, digits
     assert np.all(np.diff(ref) >= 0) and ref[-1] == pytest.approx(0.95)
 
 
+def test_gradual_prune_layer_scope_from_a_sparse_start(model, digits):
+    Xtr, Xte, ytr, yte = digits
+    model.prune(sparsity=0.5)
+    model.gradual_prune(Xtr, ytr, sparsity=0.9, epochs=6, scope="layer", initial_sparsity=0.5, pruning_epochs=3)
+    for layer in model.layers_:
+        assert layer.is_sparse and abs(layer.nnz / (layer.shape[0] * layer.shape[1]) - 0.1) < 0.01
+    np.testing.assert_allclose(model.sparsity_schedule_, [0.9 - 0.4 * (1 - t / 3) ** 3 for t in (1, 2, 3)])
+    r = MLPRegressor((8,), max_iter=5, random_state=0).fit(Xtr[:100], ytr[:100].astype(float))
+    with pytest.raises(ValueError, match="outputs"):
+        r.fine_tune(Xtr[:100], np.c_[ytr[:100], ytr[:100]].astype(float), epochs=1)
+
+
 # ---------------------------------------------------------------- neuron elimination
 def n_hidden(model):
     return sum(layer.shape[0] for layer in model.layers_[:-1])
