@@ -352,3 +352,18 @@ def test_study_rows_are_consistent():
         assert 0 <= r["accuracy"] <= 1
     assert rows[1]["sparsity"] == pytest.approx(0.9, abs=1e-3) and rows[1]["bytes_csr"] < rows[1]["bytes_dense"]
     assert rows[3]["hidden"] == [32, 16]
+
+
+@pytest.mark.parametrize("weights", ["incoming", "outgoing"])
+def test_weight_norm_criterion_on_sparse_layers_removes_the_weakest(model, digits, weights):
+    Xtr = digits[0]
+    model.prune(sparsity=0.5)
+    W0, W1 = model.layers_[0].weight.toarray(), model.layers_[1].weight.toarray()
+    A1 = np.maximum(Xtr @ W0.T.astype(np.float64) + model.layers_[0].bias, 0)
+    const = np.all(A1 == A1[0], axis=0)
+    norms = np.abs(W0).sum(1) if weights == "incoming" else np.abs(W1).sum(0)
+    weakest = set(np.argsort(norms, kind="stable")[:60].tolist()) | set(np.flatnonzero(const).tolist())
+    kept_rows = [i for i in range(300) if i not in weakest]
+    model.eliminate_neurons(Xtr, criterion="l1", fraction=0.2, weights=weights)
+    assert model.layers_[0].is_sparse and model.layers_[0].shape == (len(kept_rows), 64)
+    np.testing.assert_array_equal(model.layers_[0].weight.toarray(), W0[kept_rows])
