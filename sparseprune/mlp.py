@@ -354,9 +354,20 @@ class _BaseMLP(BaseEstimator):
                 X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
-        else:
+        elif not self._is_plain_input(X):
             X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         return np.ascontiguousarray(X, dtype=self._dtype)
+
+    def _is_plain_input(self, X) -> bool:
+        """A finite float ndarray of the fitted width: what validate_data would accept as is.
+
+        Skipping validate_data for it saves ~0.1 ms per call (measured), which
+        is a visible share of a sparse batch-1 prediction. Anything else takes
+        the full scikit-learn validation and its error messages.
+        """
+        return (type(X) is np.ndarray and X.ndim == 2 and X.dtype in (np.float32, np.float64)
+                and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
+                and not hasattr(self, "feature_names_in_") and bool(np.isfinite(X).all()))
 
     def _check_Xy_more(self, X, y):
         """Validate X, y for fine-tuning an already fitted model."""
