@@ -11,12 +11,19 @@ from sparseprune.masking import (
     threshold_mask,
 )
 from sparseprune.mlp import MLPClassifier, MLPRegressor, from_sklearn, load
+from sparseprune.tree import CompiledTree, PruningReport, compile_tree, prune_tree, pruning_curve, tree_report
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLPClassifier",
     "MLPRegressor",
+    "CompiledTree",
+    "PruningReport",
+    "compile_tree",
+    "prune_tree",
+    "pruning_curve",
+    "tree_report",
     "SparsityInfo",
     "from_sklearn",
     "global_magnitude_prune",
