@@ -10,7 +10,7 @@ from sparseprune.masking import (
     sparsity_info,
     threshold_mask,
 )
-from sparseprune.mlp import MLPClassifier, MLPRegressor, from_sklearn, load
+from sparseprune.mlp import MLPClassifier, MLPRegressor, load
 from sparseprune.tree import CompiledTree, PruningReport, compile_tree, prune_tree, pruning_curve, tree_report
 
 __version__ = "0.1.0"
@@ -25,7 +25,6 @@ __all__ = [
     "pruning_curve",
     "tree_report",
     "SparsityInfo",
-    "from_sklearn",
     "global_magnitude_prune",
     "magnitude_prune",
     "nm_prune",

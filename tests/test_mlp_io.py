@@ -13,6 +13,7 @@ from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as SkMLPRegressor
 
 import sparseprune
+import sparseprune.mlp
 from sparseprune import MLPClassifier, MLPRegressor
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -175,7 +176,7 @@ def test_load_accepts_file_objects(fitted, data):
 def test_from_sklearn_classifier_agrees(data, activation):
     X, y = data
     sk = SkMLPClassifier(hidden_layer_sizes=(30, 10), activation=activation, max_iter=30, random_state=0).fit(X, y)
-    ours = sparseprune.from_sklearn(sk)
+    ours = sparseprune.mlp.from_sklearn(sk)
     assert type(ours) is MLPClassifier and ours.layers_[0].weight.dtype == np.float64
     np.testing.assert_array_equal(ours.predict(X), sk.predict(X))
     np.testing.assert_allclose(ours.predict_proba(X), sk.predict_proba(X), rtol=1e-9, atol=1e-12)
@@ -188,7 +189,7 @@ def test_from_sklearn_binary_and_regressor(data):
     np.testing.assert_allclose(ours.predict_proba(X), sk.predict_proba(X), rtol=1e-9, atol=1e-12)
     Xr, yr = make_regression(100, 5, random_state=0)
     skr = SkMLPRegressor(hidden_layer_sizes=(10,), max_iter=50, random_state=0).fit(Xr, yr)
-    r = sparseprune.from_sklearn(skr)
+    r = sparseprune.mlp.from_sklearn(skr)
     assert type(r) is MLPRegressor
     np.testing.assert_allclose(r.predict(Xr), skr.predict(Xr), rtol=1e-9, atol=1e-9)
     with pytest.raises(TypeError, match="MLPClassifier"):
