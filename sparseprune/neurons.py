@@ -168,7 +168,7 @@ def remove_neurons(W, b, W_next, b_next, keep, fold_values=None):
         d, i, p = _k.csr_keep_rows(W.data, W.indices, W.indptr, kept.astype(W.indptr.dtype))
         W_new = sparse.csr_array((d, i, p), shape=(kept.size, W.shape[1]))
     else:
-        W_new = W[kept]
+        W_new = np.ascontiguousarray(W[kept])
     b_new = b[kept].copy()
 
     delta = np.zeros(W_next.shape[0], dtype=np.float64)
@@ -180,6 +180,6 @@ def remove_neurons(W, b, W_next, b_next, keep, fold_values=None):
     else:
         removed = np.flatnonzero(~keep)
         delta += W_next[:, removed].astype(np.float64) @ values[removed]
-        W_next_new = W_next[:, kept]
+        W_next_new = np.ascontiguousarray(W_next[:, kept])
     b_next_new = (b_next.astype(np.float64) + delta).astype(b_next.dtype)
     return W_new, b_new, W_next_new, b_next_new
