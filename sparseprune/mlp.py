@@ -28,29 +28,15 @@ from threadpoolctl import threadpool_limits
 from sparseprune._validation import check_int, check_number, index_dtype
 from sparseprune.masking import global_magnitude_prune, magnitude_prune, threshold_mask
 from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
+from sparseprune.spmm import SparseLinear, explain, linear
 
 __all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
 
 # ---------------------------------------------------------------------------
 # The sparse inference dispatcher (sparseprune/spmm.py). Every forward pass of
 # a fitted model goes through ``_layer_forward`` and every dispatcher question
-# through ``_dispatch_choice``: the only two places that touch spmm.
+# through ``_dispatch_choice``.
 # ---------------------------------------------------------------------------
-try:
-    from sparseprune.spmm import SparseLinear as _SparseLinear
-    from sparseprune.spmm import explain as _explain
-    from sparseprune.spmm import linear as _spmm_linear
-except ImportError:  # pragma: no cover - only while spmm has not landed
-    _SparseLinear = _explain = _spmm_linear = None
-
-
-def _linear_fallback(X, W, bias, activation):
-    """numpy stand-in for :func:`sparseprune.linear`, used only when spmm is missing."""
-    Z = np.asarray((W @ X.T).T if sparse.issparse(W) else X @ W.T)
-    Z = Z + bias
-    return _ACT[activation or "identity"](Z)
-
-
 def _layer_forward(layer: "Layer", X, activation):
     """``act(X @ W.T + b)`` for one layer through the dispatcher.
 
@@ -58,18 +44,14 @@ def _layer_forward(layer: "Layer", X, activation):
     partitioning done once, cached on the layer); a dense layer goes to
     ``linear``, which runs BLAS for dense arrays.
     """
-    if _spmm_linear is None:
-        return _linear_fallback(X, layer.weight, layer.bias, activation)
     if layer.is_sparse:
         return layer._prepared(activation)(X)
-    return _spmm_linear(X, layer.weight, bias=layer.bias, activation=activation)
+    return linear(X, layer.weight, bias=layer.bias, activation=activation)
 
 
 def _dispatch_choice(W, batch_size):
     """Which path ("dense" or "sparse") the dispatcher takes for W at this batch size."""
-    if _explain is None:
-        return "sparse" if sparse.issparse(W) else "dense"
-    return _explain(batch_size, _SparseLinear(W) if sparse.issparse(W) else W).path
+    return explain(batch_size, SparseLinear(W) if sparse.issparse(W) else W).path
 
 
 def _prune_global(weights, sparsity):
@@ -126,7 +108,7 @@ class Layer:
     def _prepared(self, activation):
         op = self._cache.get(activation)
         if op is None:
-            op = _SparseLinear(self._weight, self._bias, activation)
+            op = SparseLinear(self._weight, self._bias, activation)
             self._cache[activation] = op
         return op
 
