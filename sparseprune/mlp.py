@@ -789,7 +789,8 @@ class _BaseMLP(BaseEstimator):
         rows : list of dict
             One row per layer then a ``"total"`` row, with keys ``layer``,
             ``shape``, ``nnz``, ``density``, ``dense_bytes`` (out*in*itemsize),
-            ``csr_bytes`` (data + indices + indptr; None for a dense layer),
+            ``csr_bytes`` (data + indices + indptr; None for a dense layer; the
+            total row counts dense layers at their dense bytes, i.e. the model as stored),
             ``flops_dense`` (2*out*in per sample), ``flops_sparse`` (2*nnz per
             sample), ``bias_params``, ``format`` ("dense"/"csr") and ``path``
             ("dense" or "sparse": what :func:`sparseprune.explain` says the
