@@ -52,6 +52,8 @@ SERIAL_WORK = 4_000_000
 SERIAL_WORK_SPMV = 1_500_000
 #: Output rows the SpMM kernel stages before one transposed copy into Y.
 OUT_CHUNK = 64
+#: Byte alignment of the packed input (one cache line).
+_ALIGN = 64
 #: nnz-balanced row ranges per thread, taken dynamically (see _run_rows).
 PARTS_PER_THREAD = 4
 
@@ -317,6 +319,20 @@ def _run_rows(kernel, n_threads: int, rs: np.ndarray, head: tuple, tail: tuple) 
         f.result()
 
 
+def _aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` starting on a 64-byte (cache-line) boundary.
+
+    numpy's large allocations start 16 bytes past a page boundary, so each
+    packed ``xp[blk, j, :]`` run would straddle cache lines: half the 32-byte
+    loads of the SpMM inner loop (and every 64-byte one) would be split loads.
+    """
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % _ALIGN
+    return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) -> np.ndarray:
     n_batch, n_in = X.shape
     Y = np.empty((n_batch, n_out), dtype=data.dtype)
@@ -339,7 +355,7 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) 
                 continue
             width = 64 if b0 == 0 and full else _width_for(b1 - b0)
             n_blocks = (b1 - b0 + width - 1) // width
-            xp = np.empty((n_blocks, n_in, width), dtype=X.dtype)
+            xp = _aligned_empty((n_blocks, n_in, width), X.dtype)
             pad = n_blocks * width - (b1 - b0)
             if pad:
                 xp[-1, :, width - pad:] = 0  # padding lanes are computed (never stored): keep them finite

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import numpy as np
@@ -372,3 +373,17 @@ def test_sweep_returns_rows():
     rows = spmm_mod.spmm_sweep([0.1], [1, 16], n=64, repeats=1)
     assert [(r["density"], r["batch"]) for r in rows] == [(0.1, 1), (0.1, 16)]
     assert all(r["ours_s"] > 0 and r["dense_s"] > 0 and r["auto_path"] in ("dense", "sparse") for r in rows)
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 5, 64), np.float32), ((1, 7, 8), np.float64), ((0, 4, 16), np.float32)])
+def test_packed_input_buffer_is_cache_line_aligned(shape, dtype):
+    # The SpMM inner loop loads xp[blk, j, :] runs: a 16-byte offset (numpy's
+    # usual start for large arrays) makes every 64-byte run straddle two lines.
+    a = spmm_mod._aligned_empty(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    if a.size:  # numpy may hand an empty view any address; nothing is loaded from it
+        assert a.ctypes.data % 64 == 0
+    a[...] = 1  # the whole buffer is usable
+    assert a.sum() == math.prod(shape)
+    # Many allocations, so a plain np.empty (16-byte aligned) could not pass by luck.
+    assert all(spmm_mod._aligned_empty((k, 64), dtype).ctypes.data % 64 == 0 for k in range(1, 40))
