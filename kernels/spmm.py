@@ -82,19 +82,21 @@ def _activate(v, act):
 PACK_CHUNK = 256
 
 
-def _pack(x, xp, nonfinite):
+def _pack(x, xp, nonfinite, tiles):
     """Copy ``x`` (batch, K), any layout, into ``xp[block, k, lane]``; padding lanes are left alone.
 
+    Works on tiles ``tiles[0]`` to ``tiles[1]`` (of ``n_blocks * n_chunks``), so
+    several threads can pack disjoint tile ranges of one input at once.
     Also flags input rows holding NaN or inf: ``nonfinite[chunk, b]`` is set
     to 1 when row ``b`` has one among the features of ``chunk`` (one slot per
-    tile, so no two iterations write the same flag).
+    tile, so no two tiles write the same flag).
     """
     n_batch, n_feat = x.shape
     n_blocks, _, width = xp.shape
     n_chunks = (n_feat + PACK_CHUNK - 1) // PACK_CHUNK
     # Tiles of (width batch rows) x (PACK_CHUNK features): reads and writes both
     # stay within a few KiB instead of a 16 KiB-strided walk that thrashes the cache.
-    for t in range(n_blocks * n_chunks):
+    for t in range(tiles[0], tiles[1]):
         blk = t // n_chunks
         chunk = t % n_chunks
         k0 = chunk * PACK_CHUNK

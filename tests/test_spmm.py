@@ -86,6 +86,7 @@ def test_parallel_sizes_every_width(dtype, batch, monkeypatch):
     # Every call on the thread pool; batches cover each block width and remainders.
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+    monkeypatch.setattr(spmm_mod, "PACK_PARALLEL", 0)
     rng = np.random.default_rng(batch)
     W = random_csr(rng, 301, 257, 0.4, dtype)
     X = rng.standard_normal((batch, 257)).astype(dtype)
@@ -174,8 +175,11 @@ def test_prepared_layer_snapshots_weights():
 
 # ---------------------------------------------------------------- NaN / inf
 @pytest.mark.parametrize("method", ["sparse", "auto"])
-@pytest.mark.parametrize("batch", [1, 20])
-def test_nonfinite_inputs_propagate_like_dense(method, batch):
+@pytest.mark.parametrize("batch", [1, 20, 70])
+@pytest.mark.parametrize("threaded_pack", [False, True])
+def test_nonfinite_inputs_propagate_like_dense(method, batch, threaded_pack, monkeypatch):
+    if threaded_pack:  # flags from tiles packed by different threads must all arrive
+        monkeypatch.setattr(spmm_mod, "PACK_PARALLEL", 0)
     rng = np.random.default_rng(4)
     W = random_csr(rng, 40, 30, 0.3)
     W.data[:5] = 0.0  # explicit stored zeros: 0 * inf is NaN in the dense product too
@@ -185,6 +189,8 @@ def test_nonfinite_inputs_propagate_like_dense(method, batch):
         X[1, 5] = np.nan
         X[2, 7] = -np.inf
         X[2, 9] = np.inf
+    if batch > 64:
+        X[66, 29] = np.nan  # in the second batch block
     with np.errstate(invalid="ignore"):
         dense = X @ W.toarray().T  # BLAS: the behaviour users know
     Y = sparseprune.linear(X, W, method=method)
