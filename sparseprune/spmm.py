@@ -662,10 +662,10 @@ def spmm_sweep(densities: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5),
 
     For each (density, batch): ``X @ W_dense.T`` (BLAS), ``W_csr @ X.T`` (scipy),
     our sparse kernel (``SparseLinear(W)(X, method="sparse")``) and the
-    dispatcher (``SparseLinear(W)(X)``), run interleaved in one process with
-    the same thread count, median of ``repeats``. Each timed call follows an
-    untimed call of the same function (warm-up; it also lets the other
-    library's spin-waiting threads go quiet).
+    dispatcher (``SparseLinear(W)(X)``), in one process with the same thread
+    count. Each runs as a block of two warm-up calls and ``repeats`` timed
+    calls, in two passes of opposite order; the figure is the median of the
+    ``2 * repeats`` timed calls.
 
     Returns
     -------
@@ -696,18 +696,21 @@ def spmm_sweep(densities: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5),
                 if include_scipy:
                     fns["scipy"] = lambda: W @ X.T
                 times = {k: [] for k in fns}
-                for f in fns.values():
-                    f()
-                for _ in range(repeats):
-                    for k, f in fns.items():
-                        # One untimed call first: OpenBLAS and numba's OpenMP
-                        # threads both spin-wait after a call, so the first
-                        # call after the other library's shares the cores with
-                        # those spinners. The timed call is the steady state.
+                # Each implementation runs as a block: two untimed calls, then
+                # `repeats` timed ones back to back. Alternating single calls
+                # would time every library right after the other one, while
+                # OpenBLAS's (or our pool's) threads still spin-wait on the
+                # cores: an interference a real run of one model does not have.
+                # Two passes in opposite orders balance any drift.
+                for order in (list(fns), list(fns)[::-1]):
+                    for k in order:
+                        f = fns[k]
                         f()
-                        t0 = time.perf_counter()
                         f()
-                        times[k].append(time.perf_counter() - t0)
+                        for _ in range(repeats):
+                            t0 = time.perf_counter()
+                            f()
+                            times[k].append(time.perf_counter() - t0)
                 med = {k: float(np.median(v)) for k, v in times.items()}
                 sc = med.get("scipy", math.nan)
                 rows.append(dict(
