@@ -58,8 +58,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------- arg parsing
-def _float_list(name: str, low: float, high: float, high_inclusive: bool) -> Callable[[str], list[float]]:
-    closing = "]" if high_inclusive else ")"
+def _float_list(name: str, low: float, high: float, *, low_inclusive: bool = True,
+                high_inclusive: bool = False) -> Callable[[str], list[float]]:
+    opening, closing = "[" if low_inclusive else "(", "]" if high_inclusive else ")"
 
     def parse(text: str) -> list[float]:
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -71,11 +72,11 @@ def _float_list(name: str, low: float, high: float, high_inclusive: bool) -> Cal
                 v = float(item)
             except ValueError:
                 raise argparse.ArgumentTypeError(f"{item!r} is not a number; give comma-separated {name} "
-                                                 f"in [{low:g}, {high:g}{closing}") from None
-            ok = low <= v and (v <= high if high_inclusive else v < high)
+                                                 f"in {opening}{low:g}, {high:g}{closing}") from None
+            ok = (low <= v if low_inclusive else low < v) and (v <= high if high_inclusive else v < high)
             if not ok:
                 raise argparse.ArgumentTypeError(
-                    f"{item} is not a {name[:-1]} in [{low:g}, {high:g}{closing}; give comma-separated "
+                    f"{item} is not a {name[:-1]} in {opening}{low:g}, {high:g}{closing}; give comma-separated "
                     f"fractions like 0.5,0.9")
             values.append(v)
         return sorted(set(values))
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="digits (bundled with scikit-learn, default), fashion-mnist (IDX files) or synthetic")
     demo.add_argument("--data-dir", default=None, metavar="PATH",
                       help="folder with the Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)")
-    demo.add_argument("--sparsities", type=_float_list("sparsities", 0.0, 1.0, False), default=None,
+    demo.add_argument("--sparsities", type=_float_list("sparsities", 0.0, 1.0), default=None,
                       metavar="LIST", help=f"weight sparsities to prune the MLP to (default {DEFAULT_SPARSITIES})")
     demo.add_argument("--sections", type=_choice_list(DEMO_SECTIONS), default=list(DEMO_SECTIONS),
                       metavar="LIST", help="which studies to run: mlp,tree,forest (default all)")
@@ -157,11 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "Prints speedup tables and the crossover density; writes bench.json.")
     bench.add_argument("--size", type=_positive_int, default=None, metavar="N",
                        help="weight matrices are N x N (default 4096, 512 with --quick)")
-    bench.add_argument("--densities", type=_float_list("densities", 0.0, 1.0, True), default=None, metavar="LIST",
+    densities = _float_list("densities", 0.0, 1.0, low_inclusive=False, high_inclusive=True)
+    bench.add_argument("--densities", type=densities, default=None, metavar="LIST",
                        help="weight densities for linear (default 0.01,0.05,0.1,0.2,0.3,0.5)")
     bench.add_argument("--batches", type=_int_list, default=None, metavar="LIST",
                        help="batch sizes for linear (default 1,16,64,256)")
-    bench.add_argument("--mask-densities", type=_float_list("densities", 0.0, 1.0, True), default=None,
+    bench.add_argument("--mask-densities", type=densities, default=None,
                        metavar="LIST", help="kept fractions for the masking sweep (default 0.01,0.1,0.3,0.5)")
     bench.add_argument("--kernels", type=_choice_list(BENCH_KERNELS), default=list(BENCH_KERNELS),
                        metavar="LIST", help="which sweeps to run: linear,mask (default both)")
@@ -596,7 +598,7 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     t_start = time.perf_counter()
     run = _make_run(args, min_time=0.01)
     default = QUICK_SPARSITIES if args.quick else DEFAULT_SPARSITIES
-    sparsities = args.sparsities or _float_list("sparsities", 0.0, 1.0, False)(default)
+    sparsities = args.sparsities or _float_list("sparsities", 0.0, 1.0)(default)
     ds = _load(args)
     run.say(f"dataset {ds.name}: {ds.X_train.shape[0]} train / {ds.X_test.shape[0]} test rows, "
             f"{ds.n_features} features; results go to {run.out}")
