@@ -3,8 +3,9 @@
 One keep rule serves threshold masking and magnitude pruning. Row ``i`` has a
 cut-off magnitude ``v[i]``; an entry is kept when ``|w| > v[i]``, or when
 ``|w| == v[i]`` and it is not among the ties chosen for removal. Ties are
-removed in row-major order: a running tie counter starts at ``tie_offset[i]``
-and a tie is kept once the counter is ``>= 0``. Exact zeros are never kept.
+removed in row-major order. Exact zeros are never kept. Nearly every row keeps
+all of its ties or none (then the rule is just ``|w| >= cut``, the fast
+``fill_rows``); the few rows holding a partial set go through ``fill_tie_rows``.
 
 Everything is two passes (count, then fill) over the matrix, parallel over rows,
 with O(rows) temporaries: no dense array the size of ``W`` is ever allocated.
@@ -37,35 +38,141 @@ def _count_rows(W, v, gt, ties, nonfinite, big):
         nonfinite[i] = b
 
 
-def _fill_rows(W, v, tie_offset, indptr, data, indices):
-    """Write the kept entries of each row, in column order, into its CSR slot."""
+# Columns tested per block in ``_fill_rows``: a whole block of entries below the cut
+# is skipped after one vectorised test, and a block that fits in the row's
+# remaining slots is compacted without any end-of-row check.
+_BLOCK = 64
+
+
+@jit(fastmath=False)
+def _compact(row, j0, j1, ci, data, indices, p, end):
+    """Branchless compaction of row[j0:j1] (keep |w| >= ci, w != 0) from slot p; returns the new p.
+
+    Every entry is written and the slot advances only when kept; the write
+    position stays below ``end`` (this row's last slot + 1) because we stop as
+    soon as the row is full, so no write lands in another row's slots.
+    """
+    if p + (j1 - j0) <= end:
+        for j in range(j0, j1):
+            w = row[j]
+            data[p] = w
+            indices[p] = j
+            p += (abs(w) >= ci) & (w != 0)
+    else:
+        for j in range(j0, j1):
+            w = row[j]
+            data[p] = w
+            indices[p] = j
+            p += (abs(w) >= ci) & (w != 0)
+            if p == end:
+                break
+    return p
+
+
+def _fill_rows(W, cut, indptr, data, indices):
+    """Write the entries with |w| >= cut[i] and w != 0 of each row into its CSR slot.
+
+    Rows whose cut is NaN are skipped (nothing compares >= NaN): they hold a
+    partial set of ties and are written by ``_fill_tie_rows``.
+    """
     n_rows, n_cols = W.shape
+    n_full = n_cols - n_cols % _BLOCK
     for i in prange(n_rows):
         p = indptr[i]
         end = indptr[i + 1]
-        if p == end:
+        ci = cut[i]
+        if p == end or ci != ci:
             continue
+        row = W[i]
+        for j0 in range(0, n_full, _BLOCK):
+            hits = 0
+            for j in range(j0, j0 + _BLOCK):
+                hits += abs(row[j]) >= ci
+            if hits:
+                p = _compact(row, j0, j0 + _BLOCK, ci, data, indices, p, end)
+                if p == end:
+                    break
+        if p < end:
+            _compact(row, n_full, n_cols, ci, data, indices, p, end)
+
+
+def _fill_tie_rows(W, rows, v, tie_offset, indptr, data, indices):
+    """Rows where only some entries with |w| == v[i] are kept.
+
+    A running tie counter starts at ``tie_offset[i]``; a tie is kept once it is
+    >= 0, so the ties that come first in the row are the ones removed.
+    """
+    n_cols = W.shape[1]
+    for r_idx in prange(rows.size):
+        i = rows[r_idx]
+        p = indptr[i]
+        end = indptr[i + 1]
         row = W[i]
         vi = v[i]
         r = tie_offset[i]
         for j in range(n_cols):
+            if p == end:
+                break
             w = row[j]
             a = abs(w)
             tie = a == vi
-            keep = (a > vi) | (tie & (r >= 0) & (w != 0))
+            if (a > vi) | (tie & (r >= 0) & (w != 0)):
+                data[p] = w
+                indices[p] = j
+                p += 1
             r += tie
-            # Branchless compaction: always write, advance only when kept. The
-            # slot at p belongs to this row while p < end, and we stop as soon
-            # as the row is full, so no write ever lands in a neighbour's slot.
-            data[p] = w
-            indices[p] = j
-            p += keep
-            if p == end:
-                break
+
+
+def _count_cols(WT, v, gt, ties, nonfinite, big):
+    """``_count_rows`` for a column-major ``W``, read through its C-ordered transpose ``WT``.
+
+    Chunk ``c`` of W's columns fills row ``c`` of ``gt``/``ties``/``nonfinite``
+    (shape (n_chunks, n_rows)), so chunks never share a counter.
+    """
+    n_cols, n_rows = WT.shape
+    n_chunks = gt.shape[0]
+    for c in prange(n_chunks):
+        g = gt[c]
+        t = ties[c]
+        b = nonfinite[c]
+        g[:] = 0
+        t[:] = 0
+        b[:] = 0
+        for j in range(c * n_cols // n_chunks, (c + 1) * n_cols // n_chunks):
+            col = WT[j]
+            for i in range(n_rows):
+                a = abs(col[i])
+                g[i] += a > v[i]
+                t[i] += a == v[i]
+                b[i] += not (a <= big)
+
+
+def _fill_cols(WT, cut, start, data, indices):
+    """``_fill_rows`` for a column-major ``W``, read through its C-ordered transpose ``WT``.
+
+    Chunk ``c`` of W's columns appends to row i from slot ``start[c, i]``
+    (row i's CSR start plus what earlier chunks keep in that row), so chunks
+    write disjoint slots and each row still comes out in column order.
+    """
+    n_cols, n_rows = WT.shape
+    n_chunks = start.shape[0]
+    for c in prange(n_chunks):
+        pos = start[c].copy()
+        for j in range(c * n_cols // n_chunks, (c + 1) * n_cols // n_chunks):
+            col = WT[j]
+            for i in range(n_rows):
+                w = col[i]
+                if (abs(w) >= cut[i]) & (w != 0):
+                    data[pos[i]] = w
+                    indices[pos[i]] = j
+                    pos[i] += 1
 
 
 count_rows_serial, count_rows = jit_variants(_count_rows, fastmath=False)
 fill_rows_serial, fill_rows = jit_variants(_fill_rows, fastmath=False)
+fill_tie_rows_serial, fill_tie_rows = jit_variants(_fill_tie_rows, fastmath=False)
+count_cols_serial, count_cols = jit_variants(_count_cols, fastmath=False)
+fill_cols_serial, fill_cols = jit_variants(_fill_cols, fastmath=False)
 
 
 def _magnitude_histogram(U, abs_mask, prefix_mask, prefix, shift, digit_mask, n_buckets, n_chunks):

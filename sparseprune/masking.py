@@ -46,15 +46,32 @@ def _big(dtype: np.dtype):
     return dtype.type(np.finfo(dtype).max)
 
 
+def _column_major(W: np.ndarray) -> bool:
+    # Reading a Fortran-ordered matrix row by row strides through memory; its
+    # transpose is C-ordered, so those matrices are scanned column by column.
+    return W.flags.f_contiguous and not W.flags.c_contiguous and W.size > 0
+
+
 def _count(W: np.ndarray, v_row: np.ndarray, name: str):
-    """Per-row counts of |w| > v and |w| == v; rejects NaN/inf with the first bad row named."""
+    """Per-row counts of |w| > v and |w| == v; rejects NaN/inf with the first bad row named.
+
+    Returns ``(gt, ties, chunks)``; for a column-major ``W``, ``chunks`` holds the
+    per-chunk counts (shape (n_chunks, n_rows)) that place each chunk's output.
+    """
     n_rows = W.shape[0]
+    big = _big(W.dtype)
+    if _column_major(W):
+        n_chunks = numba.get_num_threads() if _parallel(W.size) else 1
+        gt_c, ties_c, bad_c = (np.empty((n_chunks, n_rows), np.int64) for _ in range(3))
+        _run(_k.count_cols, _k.count_cols_serial, W.size, W.T, v_row, gt_c, ties_c, bad_c, big)
+        _raise_nonfinite(bad_c.sum(axis=0), name)
+        return gt_c.sum(axis=0), ties_c.sum(axis=0), (gt_c, ties_c)
     gt = np.empty(n_rows, np.int64)
     ties = np.empty(n_rows, np.int64)
     nonfinite = np.empty(n_rows, np.int64)
-    _run(_k.count_rows, _k.count_rows_serial, W.size, W, v_row, gt, ties, nonfinite, _big(W.dtype))
+    _run(_k.count_rows, _k.count_rows_serial, W.size, W, v_row, gt, ties, nonfinite, big)
     _raise_nonfinite(nonfinite, name)
-    return gt, ties
+    return gt, ties, None
 
 
 def _raise_nonfinite(nonfinite: np.ndarray, name: str) -> None:
@@ -85,11 +102,34 @@ def _wrap(W: np.ndarray, data, indices, indptr) -> sp.csr_array:
     return out
 
 
-def _fill(W: np.ndarray, v_row: np.ndarray, tie_offset: np.ndarray, gt, ties) -> sp.csr_array:
-    """Emit the CSR of W under the keep rule of :mod:`sparseprune.kernels.masking`."""
-    kept_ties = np.where(v_row > 0, np.clip(tie_offset + ties, 0, ties), 0)
+def _fill(W: np.ndarray, v_row: np.ndarray, tie_offset: np.ndarray, counts) -> sp.csr_array:
+    """Emit the CSR of W under the keep rule of :mod:`sparseprune.kernels.masking`.
+
+    Row i keeps every entry with |w| > v[i], and of its ties (|w| == v[i], nonzero)
+    those whose running tie counter, started at ``tie_offset[i]``, is >= 0.
+    ``counts`` is what :func:`_count` returned for the same ``v_row``.
+    """
+    gt, ties, chunks = counts
+    positive = v_row > 0
+    kept_ties = np.where(positive, np.clip(tie_offset + ties, 0, ties), 0)
     data, indices, indptr = _csr(W, gt + kept_ties)
-    _run(_k.fill_rows, _k.fill_rows_serial, W.size, W, v_row, tie_offset, indptr, data, indices)
+    all_ties = positive & (kept_ties == ties)
+    partial = positive & (kept_ties > 0) & ~all_ties
+    # |w| > v is |w| >= (next float above v); with v == 0 the kernel's w != 0 test drops the zeros.
+    cut = np.where(all_ties | ~positive, v_row, np.nextafter(v_row, W.dtype.type(np.inf)))
+    cut[partial] = np.nan
+    if chunks is None:
+        _run(_k.fill_rows, _k.fill_rows_serial, W.size, W, cut, indptr, data, indices)
+    else:
+        gt_c, ties_c = chunks
+        kept_c = gt_c + ties_c * all_ties
+        kept_c[:, partial] = 0
+        start = indptr[:-1] + np.cumsum(kept_c, axis=0) - kept_c
+        _run(_k.fill_cols, _k.fill_cols_serial, W.size, W.T, cut, start, data, indices)
+    tie_rows = np.flatnonzero(partial)
+    if tie_rows.size:
+        _run(_k.fill_tie_rows, _k.fill_tie_rows_serial, tie_rows.size * W.shape[1],
+             W, tie_rows, v_row, tie_offset, indptr, data, indices)
     return _wrap(W, data, indices, indptr)
 
 
@@ -109,8 +149,7 @@ def _cut_for(threshold: float, dtype: np.dtype):
 def _mask_at(W: np.ndarray, cut, name: str) -> sp.csr_array:
     """Keep |w| >= cut (all ties kept; with cut == 0, every nonzero)."""
     v_row = np.full(W.shape[0], cut, W.dtype)
-    gt, ties = _count(W, v_row, name)
-    return _fill(W, v_row, np.zeros(W.shape[0], np.int64), gt, ties)
+    return _fill(W, v_row, np.zeros(W.shape[0], np.int64), _count(W, v_row, name))
 
 
 def threshold_mask(W: np.ndarray, threshold: float) -> sp.csr_array:
@@ -250,9 +289,9 @@ def magnitude_prune(W: np.ndarray, sparsity: float, *, scope: str = "tensor") ->
         return _mask_at(W, W.dtype.type(0), "W")
     v_row = np.empty(n_rows, W.dtype)
     _run(_k.row_kth_magnitude, _k.row_kth_magnitude_serial, W.size, W, k - 1, v_row)
-    gt, ties = _count(W, v_row, "W")
-    less = n_cols - gt - ties
-    return _fill(W, v_row, less - k, gt, ties)
+    counts = _count(W, v_row, "W")
+    gt, ties, _ = counts
+    return _fill(W, v_row, n_cols - gt - ties - k, counts)
 
 
 def global_magnitude_prune(weights: Sequence[np.ndarray], sparsity: float) -> list[sp.csr_array]:
@@ -298,14 +337,15 @@ def global_magnitude_prune(weights: Sequence[np.ndarray], sparsity: float) -> li
         return [_mask_at(M, M.dtype.type(0), f"weights[{i}]") for i, M in enumerate(mats)]
     v = _kth_smallest_magnitude(mats, k)
     counts = [_count(M, np.full(M.shape[0], v, M.dtype), f"weights[{i}]") for i, M in enumerate(mats)]
-    less = total - sum(int(gt.sum() + ties.sum()) for gt, ties in counts)
+    less = total - sum(int(gt.sum() + ties.sum()) for gt, ties, _ in counts)
     to_skip = k - less
     out = []
     ties_before = 0
-    for M, (gt, ties) in zip(mats, counts):
+    for M, c in zip(mats, counts):
+        ties = c[1]
         # The running tie counter of each row starts at (ties seen before it) - to_skip.
-        tie_start = ties_before + np.concatenate(([0], np.cumsum(ties)[:-1])) if ties.size else ties
-        out.append(_fill(M, np.full(M.shape[0], v, M.dtype), tie_start - to_skip, gt, ties))
+        tie_start = ties_before + np.cumsum(ties) - ties
+        out.append(_fill(M, np.full(M.shape[0], v, M.dtype), tie_start - to_skip, c))
         ties_before += int(ties.sum())
     return out
 

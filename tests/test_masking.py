@@ -311,3 +311,22 @@ def test_bad_weights_list():
         sparseprune.global_magnitude_prune([W_OK, W_OK.astype(np.float64)], 0.5)
     with pytest.raises(ValueError, match=r"weights\[1\] is 1-dimensional"):
         sparseprune.global_magnitude_prune([W_OK, np.ones(3, np.float32)], 0.5)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_threshold_mask_extra_memory_is_output_plus_rows(order):
+    """Peak allocation stays within the CSR output plus O(rows): no dense temporary."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    rng = np.random.default_rng(3)
+    W = np.asarray(rng.standard_normal((1024, 1024)).astype(np.float32), order=order)
+    sparseprune.threshold_mask(W, 1.0)  # compile outside the measurement
+    tracemalloc.start()
+    try:
+        S = sparseprune.threshold_mask(W, 1.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out_bytes = S.data.nbytes + S.indices.nbytes + S.indptr.nbytes
+    per_row = 8 * 24 * W.shape[0]  # a couple dozen int64/float vectors of length n_rows
+    assert peak <= out_bytes + per_row + 64 * 1024, (peak, out_bytes)
+    assert peak < W.nbytes  # ~32% density: the CSR (8 B per nonzero) is smaller than W
