@@ -276,7 +276,7 @@ def test_failing_section_is_reported_not_faked(tmp_path, monkeypatch):
     code, out, err = run_cli("demo", "--quick", "--sections", "tree", "--out", str(tmp_path))
     assert code == 1
     doc = json.loads((tmp_path / "results.json").read_text())
-    assert doc["sections"]["tree"] == {"status": "error", "reason": "RuntimeError: boom", "rows": []}
+    assert doc["sections"]["tree"] == {"status": "error", "reason": "RuntimeError: boom", "rows": [], "what": "tree"}
     assert "FAILED: RuntimeError: boom" in err
 
 
