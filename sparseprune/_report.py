@@ -149,8 +149,11 @@ def _rows_with(rows: Sequence[dict], batch: str) -> list[dict]:
 def plot_accuracy_vs_sparsity(mlp: dict, path: Path) -> str:
     """MLP test accuracy against global weight sparsity (gradual pruning, neuron elimination marked)."""
     fig, (ax,) = _figure()
-    pruned = [r for r in mlp["rows"] if r["kind"] == "weight_pruning"]
+    pruned = sorted((r for r in mlp["rows"] if r["kind"] in ("dense", "weight_pruning")), key=lambda r: r["sparsity"])
     elim = [r for r in mlp["rows"] if r["kind"] == "neuron_elimination"]
+    for r in mlp["rows"]:
+        if r["kind"] == "dense":
+            ax.axhline(100 * r["accuracy"], color="gray", ls=":", lw=1, label="dense model")
     ax.plot([100 * r["sparsity"] for r in pruned], [100 * r["accuracy"] for r in pruned], "o-",
             label="gradual magnitude pruning + fine-tuning")
     if elim:
@@ -169,12 +172,18 @@ def plot_latency_vs_sparsity(mlp: dict, path: Path) -> str:
     batches = sorted({b for r in mlp["rows"] for b in r.get("latency", {})}, key=int)
     fig, axes = _figure(max(1, len(batches)))
     for ax, b in zip(axes, batches):
-        rows = sorted(_rows_with(mlp["rows"], b), key=lambda r: r["sparsity"])
-        for key, style, label in (("pruned", "o-", "pruned model"), ("dense", "x--", "dense model")):
-            xs = [100 * r["sparsity"] for r in rows]
-            med = [r["latency"][b][key]["median_s"] * 1e6 for r in rows]
-            lo = [m - r["latency"][b][key]["q1_s"] * 1e6 for m, r in zip(med, rows)]
-            hi = [r["latency"][b][key]["q3_s"] * 1e6 - m for m, r in zip(med, rows)]
+        rows = _rows_with(mlp["rows"], b)
+        sweep = sorted((r for r in rows if r["kind"] in ("dense", "weight_pruning")), key=lambda r: r["sparsity"])
+        elim = [r for r in rows if r["kind"] == "neuron_elimination"]
+        for group, key, style, label in ((sweep, "pruned", "o-", "pruned model"),
+                                         (sweep, "dense", "x--", "dense model (same run)"),
+                                         (elim, "pruned", "s", "+ neuron elimination")):
+            if not group:
+                continue
+            xs = [100 * r["sparsity"] for r in group]
+            med = [r["latency"][b][key]["median_s"] * 1e6 for r in group]
+            lo = [m - r["latency"][b][key]["q1_s"] * 1e6 for m, r in zip(med, group)]
+            hi = [r["latency"][b][key]["q3_s"] * 1e6 - m for m, r in zip(med, group)]
             ax.errorbar(xs, med, yerr=[lo, hi], fmt=style, capsize=3, label=label)
         ax.set_yscale("log")
         ax.set_xlabel("weight sparsity (%)")
