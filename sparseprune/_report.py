@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-__all__ = ["atomic_write", "format_table", "write_json", "Column"]
+__all__ = ["atomic_write", "format_table", "to_json", "write_json", "Column"]
 
 Column = tuple  # (header, getter(row) -> value, formatter(value) -> str)
 
@@ -50,15 +50,22 @@ def _umask() -> int:
     return mask
 
 
+def to_json(doc: dict) -> str:
+    """``doc`` as indented strict JSON (numpy values converted, NaN/inf as null)."""
+    return json.dumps(_strict(doc), indent=2)
+
+
 def write_json(path: str | os.PathLike, doc: dict) -> None:
-    """Write ``doc`` as indented JSON, atomically (strict JSON: NaN/inf become null)."""
-    text = json.dumps(_strict(doc), indent=2, sort_keys=False)
+    """Write ``doc`` as indented JSON, atomically (see :func:`to_json`)."""
+    text = to_json(doc)
     with atomic_write(path, "w") as fh:
         fh.write(text + "\n")
 
 
 def _strict(obj):
-    """Replace NaN/inf floats by None so the file is valid JSON for every parser."""
+    """JSON-ready copy: numpy scalars/arrays become Python values, NaN/inf become None (strict JSON)."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        obj = obj.tolist()  # numpy scalar or array
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):

@@ -358,10 +358,12 @@ def _latency(run: _Run, X: np.ndarray, dense: Callable, pruned: Callable, batche
     return out
 
 
-def _mlp_stats(model, weights_total: int, biases_total: int) -> dict:
+def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[int]) -> dict:
     """Weight counts and storage of a fitted MLP's layers (CSR or dense), weights only for bytes."""
+    import sparseprune as sp
     from sparseprune.masking import sparsity_info
 
+    explain = getattr(sp, "explain", None)
     nnz = dense_bytes = csr_bytes = biases = 0
     layers = []
     for layer in model.layers_:
@@ -370,8 +372,12 @@ def _mlp_stats(model, weights_total: int, biases_total: int) -> dict:
         dense_bytes += info.dense_bytes
         csr_bytes += info.csr_bytes
         biases += int(np.asarray(layer.bias).size)
-        layers.append({"shape": list(info.shape), "nnz": info.nnz, "density": info.density,
-                       "storage": "csr" if hasattr(layer.weight, "tocsr") else "dense"})
+        entry = {"shape": list(info.shape), "nnz": info.nnz, "density": info.density,
+                 "storage": "csr" if hasattr(layer.weight, "tocsr") else "dense"}
+        if explain is not None:
+            # What the dispatcher runs for this layer, so a slow row can be explained.
+            entry["path"] = {str(b): explain(b, layer.weight).path for b in batches}
+        layers.append(entry)
     return {
         "sparsity": 1.0 - nnz / weights_total,
         "params_total": weights_total + biases_total,
@@ -405,7 +411,7 @@ def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
 
     def row(label: str, kind: str, model, target: float | None) -> dict:
         r = {"label": label, "kind": kind, "target_sparsity": target}
-        r.update(_mlp_stats(model, weights_total, biases_total))
+        r.update(_mlp_stats(model, weights_total, biases_total, batches))
         r["accuracy"] = float(np.mean(model.predict(Xt) == yt))
         r["latency"] = _latency(run, Xt, dense.predict, model.predict, batches)
         return r
@@ -651,7 +657,7 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
         run.show(f"note: {note}")
     run.show(f"\nwrote {run.out / 'results.json'} and {len(doc['plots'])} plots in {doc['wall_time_s']:.1f} s")
     if args.json:
-        print(json.dumps(rp._strict(doc), indent=2))
+        print(rp.to_json(doc))
     return 0 if all(s["status"] != "error" for s in sections.values()) else 1
 
 
@@ -826,7 +832,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     rp.write_json(run.out / "bench.json", doc)
     _print_bench(run, results)
     if args.json:
-        print(json.dumps(rp._strict(doc), indent=2))
+        print(rp.to_json(doc))
     else:
         run.show(f"wrote {run.out / 'bench.json'} in {doc['wall_time_s']:.1f} s")
     return 0 if all(s["status"] != "error" for s in results.values()) else 1

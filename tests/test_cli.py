@@ -258,13 +258,14 @@ def test_ctrl_c_leaves_no_half_written_results(tmp_path, monkeypatch):
 
 def test_atomic_write_interrupted_mid_write(tmp_path):
     target = tmp_path / "results.json"
-    write_json(target, {"a": 1, "nan": float("nan")})
-    assert json.loads(target.read_text()) == {"a": 1, "nan": None}  # strict JSON
+    write_json(target, {"a": 1, "nan": float("nan"), "np": [np.float32(1.5), np.int64(3), np.arange(2)]})
+    expected = {"a": 1, "nan": None, "np": [1.5, 3, [0, 1]]}  # strict JSON, numpy values converted
+    assert json.loads(target.read_text()) == expected
     with pytest.raises(KeyboardInterrupt):
         with atomic_write(target) as fh:
             fh.write('{"half": ')
             raise KeyboardInterrupt
-    assert json.loads(target.read_text()) == {"a": 1, "nan": None}
+    assert json.loads(target.read_text()) == expected
     assert os.listdir(tmp_path) == ["results.json"]
 
 
