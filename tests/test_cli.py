@@ -308,3 +308,38 @@ def test_crossover_density():
     assert cli._crossover([0.1, 0.2], [2.0, 0.0])["density"] == pytest.approx(0.15)
     assert cli._crossover([0.1, 0.2], [2.0, 1.5])["bound"] == "above"
     assert cli._crossover([0.1, 0.2], [0.5, 0.2])["bound"] == "below"
+
+
+# ------------------------------------------------------------ methodology
+def test_compare_excludes_warmup_and_pins_threads():
+    import time
+
+    import numba
+
+    from sparseprune._measure import compare, machine_info
+
+    calls = {"slow_start": 0}
+    seen_threads = set()
+
+    def slow_start():
+        calls["slow_start"] += 1
+        seen_threads.add(numba.get_num_threads())
+        if calls["slow_start"] <= 2:  # the warm-up calls pay a "compile" cost
+            time.sleep(0.05)
+
+    def sleeper():
+        time.sleep(0.002)
+
+    res = compare({"slow_start": slow_start, "sleeper": sleeper}, repeats=5, warmup=2, min_time=0.001, threads=1)
+    assert res["slow_start"].max < 0.01  # the 50 ms warm-up never shows up in the timings
+    assert seen_threads == {1}
+    s = res["sleeper"]
+    assert s.repeats == 5 and s.warmup == 2 and s.number >= 1
+    assert 0.002 <= s.min <= s.q1 <= s.median <= s.q3 <= s.max
+    assert s.median < 0.05
+    d = s.to_dict()
+    assert set(d) == {"median_s", "q1_s", "q3_s", "min_s", "max_s", "repeats", "number", "warmup"}
+    info = machine_info()
+    assert info["logical_cores"] >= 1 and info["versions"]["numpy"] == np.__version__
+    assert info["numba"]["max_threads"] == numba.config.NUMBA_NUM_THREADS
+    json.dumps(info)  # JSON-ready
