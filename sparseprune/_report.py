@@ -239,11 +239,12 @@ def plot_tree_accuracy_vs_nodes(sections: Sequence[dict], path: Path) -> str:
     fig, axes = _figure(len(sections))
     for ax, sec in zip(axes, sections):
         curves = sec.get("curves", {})
-        for name, style in (("ccp_path", "x--"), ("info_gain", "o-"), ("cost_complexity", "s:")):
+        for name, style, color in (("ccp_path", "x--", "tab:blue"), ("info_gain", "o-", "tab:orange"),
+                                   ("cost_complexity", "s:", "tab:green")):
             pts = curves.get(name)
             if pts:
                 pts = sorted(pts, key=lambda p: p["nodes"])
-                ax.plot([p["nodes"] for p in pts], [100 * p["accuracy"] for p in pts], style,
+                ax.plot([p["nodes"] for p in pts], [100 * p["accuracy"] for p in pts], style, color=color,
                         label=_CURVE_LABELS[name])
         ax.set_xscale("log")
         ax.set_xlabel("nodes (total over trees)" if sec.get("family") == "forest" else "nodes")

@@ -537,6 +537,31 @@ def _split_gains(est) -> np.ndarray:
     return np.concatenate(gains) if gains else np.zeros(0)
 
 
+def _pruning_curves(est, gains: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, nodes0: int,
+                    n_points: int) -> dict[str, list]:
+    """Accuracy vs nodes for info_gain (and cost_complexity) post-pruning.
+
+    Uses the tree module's ``pruning_curve`` when the build has it (both curves, forests
+    included); otherwise prunes at quantiles of the split gains itself (info_gain only).
+    """
+    import sparseprune as sp
+
+    try:
+        from sparseprune.tree import pruning_curve
+    except ImportError:
+        pruning_curve = None
+    if pruning_curve is not None:
+        pc = pruning_curve(est, X_test, y_test, n_points=n_points).to_dict()
+        return {name: [{"param": p, "nodes": n, "accuracy": a}
+                       for p, n, a in zip(pc[name]["param"], pc[name]["n_nodes"], pc[name]["score"])]
+                for name in ("info_gain", "cost_complexity")}
+    out = []
+    for tau in np.unique(np.quantile(gains, np.linspace(0.0, 0.995, n_points))) if gains.size else []:
+        st = _tree_stats(sp.prune_tree(est, method="info_gain", threshold=float(tau)), X_test, y_test, nodes0)
+        out.append({"param": float(tau), "nodes": st["nodes"], "accuracy": st["accuracy"]})
+    return {"info_gain": out}
+
+
 def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
     import sparseprune as sp
     from sklearn.ensemble import RandomForestClassifier
@@ -600,14 +625,10 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
         for a in run.progress(table_alphas, f"{family}: cost_complexity"):
             p = sp.prune_tree(est, method="cost_complexity", alpha=float(a))
             rows.append(row(f"cost_complexity α={a:.2g}", "cost_complexity", float(a), p))
-        curve_q = np.linspace(0.0, 0.995, 8 if run.quick else 25)
-        curves["info_gain"] = []
-        for tau in np.unique(np.quantile(gains, curve_q)) if gains.size else []:
-            p = sp.prune_tree(est, method="info_gain", threshold=float(tau))
-            st = _tree_stats(p, Xt, yt, nodes0)
-            curves["info_gain"].append({"param": float(tau), "nodes": st["nodes"], "accuracy": st["accuracy"]})
-        curves["cost_complexity"] = [{"param": r["param"], "nodes": r["nodes"], "accuracy": r["accuracy"]}
-                                     for r in rows if r["kind"] == "cost_complexity"]
+        curves.update(_pruning_curves(est, gains, Xt, yt, nodes0, 8 if run.quick else 25))
+        if not curves.get("cost_complexity"):
+            curves["cost_complexity"] = [{"param": r["param"], "nodes": r["nodes"], "accuracy": r["accuracy"]}
+                                         for r in rows if r["kind"] == "cost_complexity"]
     if family == "tree":
         # scikit-learn's own answer: refit with ccp_alpha along its pruning path.
         pick = np.unique(np.quantile(alphas, np.linspace(0.0, 0.995, 8 if run.quick else 25)))
