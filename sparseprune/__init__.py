@@ -10,10 +10,17 @@ from sparseprune.masking import (
     sparsity_info,
     threshold_mask,
 )
+from sparseprune.tree import CompiledTree, PruningReport, compile_tree, prune_tree, pruning_curve, tree_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompiledTree",
+    "PruningReport",
+    "compile_tree",
+    "prune_tree",
+    "pruning_curve",
+    "tree_report",
     "SparsityInfo",
     "global_magnitude_prune",
     "magnitude_prune",
