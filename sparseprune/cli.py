@@ -31,6 +31,7 @@ import numpy as np
 
 from sparseprune import _report as rp
 from sparseprune._measure import compare, machine_info
+from sparseprune._threading import get_num_threads, thread_limit
 from sparseprune.datasets import DATASETS, Dataset, load_dataset
 
 __all__ = ["main", "SCHEMA_VERSION"]
@@ -213,7 +214,9 @@ class _Run:
             from tqdm import tqdm
         except ImportError:
             return iterable
-        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (CI logs stay clean).
+        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True,
+                    disable=None)
 
     def time(self, fns: dict[str, Callable[[], object]]) -> dict:
         """Interleaved timings (see _measure.compare) as JSON-ready dicts."""
@@ -231,7 +234,8 @@ class _Bar:
                 from tqdm import tqdm
             except ImportError:
                 return
-            self._bar = tqdm(desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True,
+                             disable=None)
 
     def update(self) -> None:
         if self._bar is not None:
@@ -287,6 +291,7 @@ def _header(command: str, run: _Run, argv: Sequence[str]) -> dict:
         "created_utc": _now(),
         "settings": {
             "threads": run.threads,
+            "threads_effective": get_num_threads() if run.threads is None else run.threads,
             "seed": run.args.seed,
             "quick": run.quick,
         },
@@ -694,8 +699,6 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     }
     from sklearn.exceptions import ConvergenceWarning
 
-    from sparseprune._threading import thread_limit
-
     sections = {}
     with thread_limit(run.threads), warnings.catch_warnings():
         # Short training budgets are deliberate here; the accuracy column tells the story.
@@ -874,8 +877,6 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     doc = _header("bench", run, argv)
     doc["settings"].update({"size": n, "densities": densities, "batches": batches,
                             "mask_densities": mask_densities, "kernels": args.kernels})
-    from sparseprune._threading import thread_limit
-
     results = {}
     with thread_limit(run.threads):
         if "linear" in args.kernels:
