@@ -38,9 +38,10 @@ def _count_rows(W, v, gt, ties, nonfinite, big):
         nonfinite[i] = b
 
 
-# Columns tested per block in ``_fill_rows``: a whole block of entries below the cut
-# is skipped after one vectorised test, and a block that fits in the row's
-# remaining slots is compacted without any end-of-row check.
+# Columns tested per block in ``_fill_rows``: a block with no kept entry is skipped
+# after one vectorised test, and a block that fits in the row's remaining slots
+# is compacted without an end-of-row check. Small blocks pay off when almost
+# every entry is dropped; ``fill_rows_sparse`` is compiled with _BLOCK = 8.
 _BLOCK = 64
 
 
@@ -50,14 +51,15 @@ def _compact(row, j0, j1, ci, data, indices, p, end):
 
     Every entry is written and the slot advances only when kept; the write
     position stays below ``end`` (this row's last slot + 1) because we stop as
-    soon as the row is full, so no write lands in another row's slots.
+    soon as the row is full, so no write lands in another row's slots. With
+    ci > 0, |w| >= ci already excludes zeros and the second test is skipped.
     """
-    if p + (j1 - j0) <= end:
+    if ci > 0 and p + (j1 - j0) <= end:
         for j in range(j0, j1):
             w = row[j]
             data[p] = w
             indices[p] = j
-            p += (abs(w) >= ci) & (w != 0)
+            p += abs(w) >= ci
     else:
         for j in range(j0, j1):
             w = row[j]
@@ -170,6 +172,7 @@ def _fill_cols(WT, cut, start, data, indices):
 
 count_rows_serial, count_rows = jit_variants(_count_rows, fastmath=False)
 fill_rows_serial, fill_rows = jit_variants(_fill_rows, fastmath=False)
+fill_rows_sparse_serial, fill_rows_sparse = jit_variants(_fill_rows, fastmath=False, suffix="b8", _BLOCK=8)
 fill_tie_rows_serial, fill_tie_rows = jit_variants(_fill_tie_rows, fastmath=False)
 count_cols_serial, count_cols = jit_variants(_count_cols, fastmath=False)
 fill_cols_serial, fill_cols = jit_variants(_fill_cols, fastmath=False)

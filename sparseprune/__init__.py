@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
+from sparseprune.spmm import Decision, SparseLinear, calibrate, explain, linear, set_calibration
 from sparseprune.masking import (
     SparsityInfo,
     global_magnitude_prune,
@@ -21,6 +22,12 @@ __all__ = [
     "prune_tree",
     "pruning_curve",
     "tree_report",
+    "Decision",
+    "SparseLinear",
+    "calibrate",
+    "explain",
+    "linear",
+    "set_calibration",
     "SparsityInfo",
     "global_magnitude_prune",
     "magnitude_prune",

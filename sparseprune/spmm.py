@@ -1,0 +1,674 @@
+"""Sparse inference: ``act(X @ W.T + bias)`` with a dense/sparse dispatcher.
+
+:func:`linear` is the one entry point; :class:`SparseLinear` is the same
+computation with the weights validated and prepared once, for layers that are
+called many times (an MLP's ``predict``). Both pick, per call, between dense
+BLAS (``numpy`` matmul) and the numba kernels in
+:mod:`sparseprune.kernels.spmm`, from a per-machine calibration (see
+:func:`calibrate`); :func:`explain` tells which path a call takes and why.
+
+NaN and inf in ``X`` propagate exactly as in the dense product: a dense
+``X @ W.T`` multiplies every input by every weight, zeros included, and
+``0 * nan`` and ``0 * inf`` are NaN. So an input row holding a NaN gives an
+all-NaN output row, and an input row holding an inf gives NaN in every output
+whose weight row does not store a nonzero weight at each infinite column
+(the other outputs get the ±inf/NaN the stored weights produce).
+
+Threads: the sparse kernels run on ``numba.get_num_threads()`` threads, the
+dense path on BLAS's; :func:`sparseprune.thread_limit` sets both at once. The
+kernels release the GIL and run on a small shared thread pool, each thread
+taking nnz-balanced row ranges as it frees up, so any number of Python
+threads may call :func:`linear` at the same time. Small work (fewer than
+``SERIAL_WORK`` multiply-adds) stays on the calling thread.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from sparseprune import _calibration as _cal
+from sparseprune._threading import thread_limit
+from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
+from sparseprune.kernels import spmm as _k
+
+__all__ = ["Decision", "SparseLinear", "calibrate", "explain", "linear", "set_calibration", "spmm_sweep"]
+
+ACTIVATIONS = tuple(_k.ACTIVATIONS)
+_METHODS = ("auto", "dense", "sparse")
+#: Below this many multiply-adds (nnz x batch) a call stays on the calling
+#: thread: handing work to pool threads cost 100-150 us on the 2-core test
+#: machine, and measured break-even was about 1.3M nonzeros at batch 1 (SpMV,
+#: ~0.5 ns per nonzero) and a few million multiply-adds at batch 16.
+SERIAL_WORK = 4_000_000
+SERIAL_WORK_SPMV = 1_500_000
+#: Output rows the SpMM kernel stages before one transposed copy into Y.
+OUT_CHUNK = 64
+#: nnz-balanced row ranges per thread, taken dynamically (see _run_rows).
+PARTS_PER_THREAD = 4
+
+
+# --------------------------------------------------------------------------- checks
+
+def _check_activation(activation) -> int:
+    if activation is None:
+        return 0
+    if isinstance(activation, str) and activation in _k.ACTIVATIONS:
+        return _k.ACTIVATIONS[activation]
+    raise ValueError(
+        f"The 'activation' parameter must be None or one of {list(ACTIVATIONS)}. Got {activation!r} instead."
+    )
+
+
+def _check_method(method) -> str:
+    if method not in _METHODS:
+        raise ValueError(f"The 'method' parameter must be one of {list(_METHODS)}. Got {method!r} instead.")
+    return method
+
+
+def _is_csr(W) -> bool:
+    return isinstance(W, (sp.csr_array, sp.csr_matrix))
+
+
+def _check_weights_type(W) -> None:
+    if sp.issparse(W) and not _is_csr(W):
+        raise TypeError(
+            f"W is a sparse {W.format.upper()} {type(W).__name__}; linear needs CSR rows. "
+            "Convert once with W.tocsr() (or scipy.sparse.csr_array(W)) and keep the result."
+        )
+
+
+def _csr_arrays(W, copy: bool):
+    """Validated (data, indices, indptr) of a CSR ``W``, canonical; copies only when needed or asked."""
+    if W.ndim != 2:
+        raise ValueError(f"W is {W.ndim}-dimensional; pass a 2-D weight matrix of shape (out, in).")
+    n_out, n_in = W.shape
+    data, indices, indptr = W.data, W.indices, W.indptr
+    if data.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(
+            f"W has dtype {data.dtype}; only float32 and float64 are supported: cast with W.astype(np.float32)."
+        )
+    if indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+        raise TypeError("W's index arrays must be integer; rebuild W with scipy.sparse.csr_array.")
+    if indices.dtype != indptr.dtype or indices.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+        dt = np.result_type(indices.dtype, indptr.dtype, np.int32)
+        dt = np.int64 if dt.itemsize > 4 or dt.kind == "u" else np.int32
+        indices, indptr = indices.astype(dt), indptr.astype(dt)
+    if indptr.ndim != 1 or indptr.size != n_out + 1 or indices.ndim != 1 or data.shape != indices.shape:
+        raise ValueError(
+            f"W is a malformed CSR matrix: indptr has {indptr.size} entries for {n_out} rows "
+            f"(expected {n_out + 1}), data {data.shape}, indices {indices.shape}. Rebuild it with "
+            "scipy.sparse.csr_array((data, indices, indptr), shape=(out, in))."
+        )
+    status = _k.csr_status(indptr, indices, n_in)
+    if status == 2:
+        raise ValueError(
+            "W is a malformed CSR matrix: indptr must start at 0, never decrease and end within "
+            "indices. Rebuild it with scipy.sparse.csr_array((data, indices, indptr), shape=(out, in))."
+        )
+    if status == 3:
+        bad = indices[: indptr[-1]]
+        raise ValueError(
+            f"W has column indices outside [0, {n_in}) (min {int(bad.min())}, max {int(bad.max())}) for its "
+            f"shape {W.shape}; the matrix is corrupt. Rebuild it with the right shape."
+        )
+    nnz = int(indptr[-1])
+    if status == 1:
+        # Unsorted or duplicate column indices: canonicalise a copy (duplicates
+        # are summed, as scipy does), never the caller's matrix.
+        C = sp.csr_array((data[:nnz].copy(), indices[:nnz].copy(), indptr.copy()), shape=W.shape)
+        C.sum_duplicates()
+        C.sort_indices()
+        data, indices, indptr = C.data, C.indices, C.indptr
+        if indices.dtype != indptr.dtype:
+            indices, indptr = indices.astype(np.int64), indptr.astype(np.int64)
+    elif copy:
+        data, indices, indptr = data[:nnz].copy(), indices[:nnz].copy(), indptr.copy()
+    return np.ascontiguousarray(data), np.ascontiguousarray(indices), np.ascontiguousarray(indptr)
+
+
+def _check_bias(bias, n_out: int, dtype) -> np.ndarray:
+    if bias is None:
+        return np.zeros(n_out, dtype)
+    b = np.asarray(bias)
+    if b.dtype.kind not in "fiu" or b.dtype.kind == "f" and b.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"bias has dtype {b.dtype}; pass a real-valued array (float32 or float64).")
+    if b.ndim != 1 or b.shape[0] != n_out:
+        raise ValueError(
+            f"bias has shape {b.shape}; it must be 1-D with one entry per output, shape ({n_out},)."
+        )
+    return np.ascontiguousarray(b, dtype=dtype)
+
+
+def _check_input(X, n_in: int, dtype) -> np.ndarray:
+    if sp.issparse(X):
+        raise TypeError(f"X is a sparse {type(X).__name__}; pass a dense array (X.toarray()).")
+    X = check_float_matrix(X, "X")
+    if X.shape[1] != n_in:
+        raise ValueError(
+            f"X has shape {X.shape} but W expects {n_in} input features: X must be (batch, {n_in}) "
+            f"for W of shape (out, {n_in})."
+        )
+    if X.dtype != dtype:
+        raise TypeError(
+            f"X has dtype {X.dtype} but W has dtype {np.dtype(dtype)}; cast one to match, for example "
+            f"X.astype(np.{np.dtype(dtype).name}) (or convert W with W.astype(np.{X.dtype.name}))."
+        )
+    if not (X.flags.c_contiguous or X.flags.f_contiguous):
+        X = np.ascontiguousarray(X)
+    return X
+
+
+# --------------------------------------------------------------------------- decision
+
+@dataclass(frozen=True)
+class Decision:
+    """Which path :func:`linear` takes for one layer and batch size, and why."""
+
+    path: str
+    kernel: str
+    batch: int
+    shape: tuple
+    nnz: int
+    density: float
+    n_threads: int
+    predicted_dense_s: float
+    predicted_sparse_s: float
+    calibration: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.kernel}): {self.reason}"
+
+
+def _kernel_name(batch: int, nnz: int) -> str:
+    n = numba.get_num_threads()
+    limit = SERIAL_WORK_SPMV if batch <= 1 else SERIAL_WORK
+    mode = f"{n} threads" if nnz * max(batch, 1) >= limit and n > 1 else "1 thread"
+    if batch <= 1:
+        return f"kernels.spmm.spmv ({mode})"
+    full, rest = divmod(batch, 64)
+    widths = ["64"] * (1 if full else 0) + ([str(_width_for(rest))] if rest else [])
+    return f"kernels.spmm.spmm width {'+'.join(widths)} ({mode})"
+
+
+def _width_for(batch: int) -> int:
+    return next(w for w in _k.WIDTHS if w >= batch)
+
+
+def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decision:
+    n_out, n_in = shape
+    n_threads = numba.get_num_threads()
+    density = nnz / (n_out * n_in) if n_out * n_in else 0.0
+    sparse_kernel = _kernel_name(batch, nnz)
+    dense_kernel = "numpy matmul (BLAS)"
+
+    def make(path, reason, td=math.nan, ts=math.nan, source="not used"):
+        return Decision(path, dense_kernel if path == "dense" else sparse_kernel, batch, tuple(shape), nnz,
+                        density, n_threads, td, ts, source, reason)
+
+    if method == "dense":
+        if weights == "dense-array":
+            return make("dense", "method='dense' was requested.")
+        return make("dense", "method='dense' was requested (W is expanded to a dense array).")
+    if method == "sparse":
+        return make("sparse", "method='sparse' was requested.")
+    if weights == "dense-array":
+        return make("dense", "W is a dense array: wrap it in SparseLinear(W) (or pass a csr_array) "
+                             "to let the dispatcher consider the sparse kernel.")
+    if batch == 0 or n_out == 0:
+        return make("sparse", "empty output: nothing to compute.")
+    table = _cal.get_table(n_threads)
+    td = _cal.per_unit(table, "dense_per_mac", batch) * n_out * n_in
+    ts = _cal.per_unit(table, "sparse_per_nnz", batch) * nnz
+    extra = ""
+    if weights == "csr":
+        # linear(X, W_csr) has no dense copy to reuse: going dense means expanding W on every call.
+        td += _cal.per_unit(table, "dense_per_mac", 1) * n_out * n_in
+        extra = " (dense includes expanding W; SparseLinear keeps a dense copy and avoids that)"
+    source = f"{table.get('source', '?')} calibration for {n_threads} thread(s)"
+    ratio = ts / td if td > 0 else math.inf
+    if ts <= _cal.SAFETY * td:
+        reason = (f"density {density:.1%} at batch {batch}: sparse predicted {ratio:.2f}x the dense time{extra}, "
+                  f"below the {_cal.SAFETY:.2f} safety threshold.")
+        return make("sparse", reason, td, ts, source)
+    reason = (f"density {density:.1%} at batch {batch}: sparse predicted {ratio:.2f}x the dense time{extra}, "
+              f"not below the {_cal.SAFETY:.2f} safety threshold, so dense BLAS is kept.")
+    return make("dense", reason, td, ts, source)
+
+
+# --------------------------------------------------------------------------- execution
+
+def _activate_inplace(Y: np.ndarray, act: int) -> None:
+    if act == 1:
+        np.maximum(Y, 0, out=Y)
+    elif act == 2:
+        np.tanh(Y, out=Y)
+    elif act == 3:
+        # 1 / (1 + exp(-y)), in place
+        np.negative(Y, out=Y)
+        np.exp(Y, out=Y)
+        Y += 1
+        np.reciprocal(Y, out=Y)
+
+
+def _dense_forward(X, Wd, bias, has_bias: bool, act: int) -> np.ndarray:
+    # NaN/inf inputs give NaN quietly, as on the sparse path.
+    with np.errstate(invalid="ignore", over="ignore"):
+        Y = np.ascontiguousarray(X @ Wd.T)
+    if has_bias:
+        Y += bias
+    _activate_inplace(Y, act)
+    return Y
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                           thread_name_prefix="sparseprune")
+    return _pool
+
+
+def _run_rows(kernel, n_threads: int, rs: np.ndarray, head: tuple, tail: tuple) -> None:
+    """Run ``kernel(*head, part, *tail)`` over the row ranges ``rs`` with ``n_threads`` threads.
+
+    The serial kernels release the GIL, so plain Python threads run them in
+    parallel. Threads take the next nnz-balanced range from a shared counter
+    (dynamic scheduling: a core slowed by other work simply takes fewer
+    ranges), and the calling thread works too. Unlike a numba ``prange``
+    launch this needs no thread-safe threading layer, and concurrent callers
+    just share the pool.
+    """
+    n_parts = rs.size - 1
+    n_threads = min(n_threads, n_parts)
+    if n_threads <= 1:
+        kernel(*head, rs, *tail)
+        return
+    counter = itertools.count()
+
+    def work():
+        while True:
+            k = next(counter)  # atomic under the GIL
+            if k >= n_parts:
+                return
+            kernel(*head, rs[k:k + 2], *tail)
+
+    futures = [_executor().submit(work) for _ in range(n_threads - 1)]
+    work()
+    for f in futures:
+        f.result()
+
+
+def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) -> np.ndarray:
+    n_batch, n_in = X.shape
+    Y = np.empty((n_batch, n_out), dtype=data.dtype)
+    if n_batch == 0 or n_out == 0:
+        return Y
+    n_threads = numba.get_num_threads()
+    parallel = int(indptr[-1]) * n_batch >= (SERIAL_WORK_SPMV if n_batch == 1 else SERIAL_WORK) and n_threads > 1
+    if not parallel:
+        n_threads = 1
+    rs = row_starts_for(PARTS_PER_THREAD * n_threads if parallel else 1)
+    if n_batch == 1:
+        x = np.ascontiguousarray(X[0])
+        _run_rows(_k.spmv, n_threads, rs, (data, indices, indptr, x, bias, act), (Y[0],))
+        flags = np.array([not np.isfinite(x).all()], np.int8)
+    else:
+        full = (n_batch // 64) * 64
+        flag_parts = []
+        for b0, b1 in ((0, full), (full, n_batch)):
+            if b1 == b0:
+                continue
+            width = 64 if b0 == 0 and full else _width_for(b1 - b0)
+            n_blocks = (b1 - b0 + width - 1) // width
+            xp = np.empty((n_blocks, n_in, width), dtype=X.dtype)
+            pad = n_blocks * width - (b1 - b0)
+            if pad:
+                xp[-1, :, width - pad:] = 0  # padding lanes are computed (never stored): keep them finite
+            n_chunks = (n_in + _k.PACK_CHUNK - 1) // _k.PACK_CHUNK
+            fl = np.zeros((max(n_chunks, 1), b1 - b0), np.int8)
+            _k.pack(X[b0:b1], xp, fl)
+            flag_parts.append(fl.max(axis=0))
+            _run_rows(_k.spmm_kernel(width), n_threads, rs, (data, indices, indptr, xp, bias, act),
+                      (Y[b0:b1], OUT_CHUNK))
+        flags = np.concatenate(flag_parts)
+    if flags.any():
+        _propagate_nonfinite(X, np.flatnonzero(flags), data, indices, indptr, n_in, Y)
+    return Y
+
+
+def _propagate_nonfinite(X, rows, data, indices, indptr, n_in, Y) -> None:
+    """Give ``Y[rows]`` the NaNs the dense product has (see the module docstring)."""
+    stored = None
+    for b in rows:
+        if np.isnan(X[b]).any():
+            Y[b] = np.nan
+            continue
+        if stored is None:
+            stored = sp.csr_array(((data != 0).astype(np.int64), indices, indptr), shape=(Y.shape[1], n_in))
+        cols = np.flatnonzero(np.isinf(X[b]))
+        # Output i is NaN in the dense product unless every infinite input
+        # meets a stored nonzero weight (0 * inf = nan).
+        covered = np.asarray(stored[:, cols].sum(axis=1)).ravel() == cols.size
+        Y[b, ~covered] = np.nan
+
+
+# --------------------------------------------------------------------------- public API
+
+class SparseLinear:
+    """A prepared linear layer ``act(X @ W.T + bias)``: validate once, call many times.
+
+    The weights are checked (shape, dtype, index ranges), canonicalised (sorted,
+    duplicates summed) and copied at construction, so later changes to the
+    caller's ``W`` do not affect the layer; nnz-balanced row partitions are
+    computed once per thread count. Each call then only checks ``X`` and picks
+    dense BLAS or the sparse kernel from the calibration; when dense wins, a
+    dense copy of ``W`` is made once and kept (``out * in`` values of memory).
+
+    Wraps :func:`sparseprune.kernels.spmm.spmm_kernel` (batches),
+    :func:`sparseprune.kernels.spmm.spmv` (batch 1) and
+    :func:`sparseprune.kernels.spmm.pack`.
+
+    Parameters
+    ----------
+    W : csr_array, csr_matrix or ndarray of shape (out, in)
+        float32 or float64 weights; a dense array is converted to CSR
+        (its zeros dropped).
+    bias : array-like of shape (out,), optional
+        Cast to W's dtype.
+    activation : {None, "identity", "relu", "tanh", "logistic"}, optional
+
+    Attributes
+    ----------
+    shape : tuple of int
+    dtype : numpy.dtype
+    nnz : int
+    density : float
+    weight : csr_array
+        The canonical CSR weights the kernels read (do not modify).
+    """
+
+    def __init__(self, W, bias=None, activation=None) -> None:
+        _check_weights_type(W)
+        if not _is_csr(W):
+            Wd = check_float_matrix(W, "W")
+            W = sp.csr_array(Wd)
+            copy = False
+        else:
+            copy = True
+        self._act = _check_activation(activation)
+        self.activation = activation
+        self._data, self._indices, self._indptr = _csr_arrays(W, copy=copy)
+        self.shape = (int(W.shape[0]), int(W.shape[1]))
+        self.dtype = self._data.dtype
+        self._has_bias = bias is not None
+        self.bias = _check_bias(bias, self.shape[0], self.dtype)
+        self._dense_w = None
+        self._row_starts: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def nnz(self) -> int:
+        return int(self._indptr[-1])
+
+    @property
+    def density(self) -> float:
+        n = self.shape[0] * self.shape[1]
+        return self.nnz / n if n else 0.0
+
+    @property
+    def weight(self) -> sp.csr_array:
+        return sp.csr_array((self._data, self._indices, self._indptr), shape=self.shape, copy=False)
+
+    def _parts(self, n_parts: int) -> np.ndarray:
+        rs = self._row_starts.get(n_parts)
+        if rs is None:
+            rs = _k.balanced_row_starts(self._indptr, n_parts)
+            self._row_starts[n_parts] = rs
+        return rs
+
+    def _dense(self) -> np.ndarray:
+        if self._dense_w is None:
+            with self._lock:
+                if self._dense_w is None:
+                    self._dense_w = self.weight.toarray()
+        return self._dense_w
+
+    def explain(self, X, method: str = "auto") -> Decision:
+        """The :class:`Decision` for inputs ``X`` (an array, or just its batch size as an int)."""
+        batch = _batch_of(X)
+        return _decide(batch, self.shape, self.nnz, method=_check_method(method), weights="prepared")
+
+    def __call__(self, X, method: str = "auto") -> np.ndarray:
+        """``act(X @ W.T + bias)`` of shape (batch, out), C-contiguous, W's dtype.
+
+        ``method`` forces ``"dense"`` (BLAS) or ``"sparse"`` (the numba kernel);
+        ``"auto"`` asks the calibrated dispatcher.
+        """
+        X = _check_input(X, self.shape[1], self.dtype)
+        d = _decide(X.shape[0], self.shape, self.nnz, method=_check_method(method), weights="prepared")
+        if d.path == "dense":
+            return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act)
+        return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
+                               self.shape[0], self._parts)
+
+    forward = __call__
+
+    def __repr__(self) -> str:
+        return (f"SparseLinear(shape={self.shape}, dtype={self.dtype}, nnz={self.nnz}, "
+                f"density={self.density:.3g}, activation={self.activation!r})")
+
+
+def _batch_of(X) -> int:
+    if isinstance(X, (int, np.integer)) and not isinstance(X, bool):
+        return check_int(X, "X", low=0)
+    shape = np.shape(X)
+    if len(shape) != 2:
+        raise ValueError(f"X has shape {shape}; pass a 2-D (batch, in) array or the batch size as an int.")
+    return int(shape[0])
+
+
+def linear(X, W, bias=None, activation=None, *, method: str = "auto") -> np.ndarray:
+    """Compute ``act(X @ W.T + bias)`` with dense BLAS or the sparse kernel, whichever is faster here.
+
+    Wraps :func:`sparseprune.kernels.spmm.spmm_kernel` (batch >= 2),
+    :func:`sparseprune.kernels.spmm.spmv` (batch 1) and
+    :func:`sparseprune.kernels.spmm.pack`, or ``numpy.matmul``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (batch, in)
+        float32 or float64, C- or F-ordered; same dtype as ``W``. Never modified.
+        NaN/inf propagate as in the dense product (see the module docstring).
+    W : csr_array, csr_matrix, ndarray or SparseLinear, shape (out, in)
+        The weights. CSR with unsorted or duplicate indices is canonicalised on a
+        copy; out-of-range indices are rejected. A dense array always runs on
+        BLAS; wrap it in :class:`SparseLinear` to make it eligible for the
+        sparse kernel. For repeated calls prefer a :class:`SparseLinear`
+        (validation and partitioning done once).
+    bias : array-like of shape (out,), optional
+    activation : {None, "identity", "relu", "tanh", "logistic"}, optional
+    method : {"auto", "dense", "sparse"}, default "auto"
+        ``"auto"`` asks the calibrated dispatcher; see :func:`explain`.
+
+    Returns
+    -------
+    ndarray of shape (batch, out), C-contiguous, dtype of W.
+
+    Examples
+    --------
+    >>> import numpy as np, sparseprune
+    >>> W = sparseprune.magnitude_prune(np.random.rand(64, 32).astype(np.float32), 0.9)
+    >>> X = np.random.rand(16, 32).astype(np.float32)
+    >>> sparseprune.linear(X, W, activation="relu").shape
+    (16, 64)
+    """
+    method = _check_method(method)
+    if isinstance(W, SparseLinear):
+        if bias is not None or activation is not None:
+            raise ValueError("W is a SparseLinear that already holds its bias and activation; "
+                             "pass bias=None and activation=None, or build the layer with them.")
+        return W(X, method=method)
+    _check_weights_type(W)
+    act = _check_activation(activation)
+    if _is_csr(W):
+        data, indices, indptr = _csr_arrays(W, copy=False)
+        shape = W.shape
+        b = _check_bias(bias, shape[0], data.dtype)
+        X = _check_input(X, shape[1], data.dtype)
+        d = _decide(X.shape[0], shape, int(indptr[-1]), method=method, weights="csr")
+        if d.path == "dense":
+            Wd = sp.csr_array((data, indices, indptr), shape=shape).toarray()
+            return _dense_forward(X, Wd, b, bias is not None, act)
+        return _sparse_forward(X, data, indices, indptr, b, act, shape[0],
+                               lambda n: _k.balanced_row_starts(indptr, n))
+    Wd = check_float_matrix(W, "W")
+    b = _check_bias(bias, Wd.shape[0], Wd.dtype)
+    X = _check_input(X, Wd.shape[1], Wd.dtype)
+    if method == "sparse":
+        return SparseLinear(Wd, b if bias is not None else None, activation)(X, method="sparse")
+    return _dense_forward(X, Wd, b, bias is not None, act)
+
+
+def explain(X, W, method: str = "auto") -> Decision:
+    """Say which path :func:`linear` takes for ``X`` and ``W``, and why.
+
+    Parameters
+    ----------
+    X : ndarray of shape (batch, in), or int
+        The input, or just its batch size.
+    W : csr_array, csr_matrix, ndarray or SparseLinear
+    method : {"auto", "dense", "sparse"}
+
+    Returns
+    -------
+    Decision
+        ``path`` ("dense" or "sparse"), ``kernel``, the predicted times from the
+        calibration table, and a one-line ``reason``; ``str(decision)`` prints it.
+    """
+    method = _check_method(method)
+    if isinstance(W, SparseLinear):
+        return W.explain(X, method)
+    _check_weights_type(W)
+    batch = _batch_of(X)
+    if _is_csr(W):
+        return _decide(batch, W.shape, int(W.indptr[-1]), method=method, weights="csr")
+    Wd = check_float_matrix(W, "W")
+    return _decide(batch, Wd.shape, int(np.count_nonzero(Wd)), method=method, weights="dense-array")
+
+
+def calibrate(force: bool = False, *, n_threads: int | None = None) -> dict:
+    """Measure this machine's dense-vs-sparse costs (about a second) and cache them.
+
+    The table lives in ``$SPARSEPRUNE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/sparseprune``, else ``~/.cache/sparseprune``
+    (``calibration.json``), one entry per CPU, thread count and library
+    versions. Without ``force`` a cached table is reused. :func:`linear`
+    calibrates on its own at first need, except when the environment variable
+    ``CI`` is set or ``SPARSEPRUNE_CALIBRATION=default``: then a built-in
+    conservative table is used.
+
+    Parameters
+    ----------
+    force : bool, default False
+        Re-measure even if a table is cached.
+    n_threads : int, optional
+        Calibrate for this many threads (BLAS and numba alike); default: current.
+
+    Returns
+    -------
+    dict
+        The table: per batch size, seconds per dense multiply-add
+        (``dense_per_mac``) and per sparse nonzero (``sparse_per_nnz``).
+    """
+    with thread_limit(n_threads) as n:
+        return _cal.calibrate(n, bool(force))
+
+
+def set_calibration(table: dict | None) -> None:
+    """Use ``table`` (as returned by :func:`calibrate`) for every decision; ``None`` restores normal lookup."""
+    _cal.set_override(table)
+
+
+def spmm_sweep(densities: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5),
+               batches: Sequence[int] = (1, 16, 64, 256), n: int = 4096, *, repeats: int = 7,
+               n_threads: int | None = None, dtype=np.float32, seed: int = 0,
+               include_scipy: bool = True) -> list[dict]:
+    """Time ours, scipy and dense BLAS on an ``n x n`` layer over densities and batch sizes.
+
+    For each (density, batch): ``X @ W_dense.T`` (BLAS), ``W_csr @ X.T`` (scipy),
+    our sparse kernel (``SparseLinear(W)(X, method="sparse")``) and the
+    dispatcher (``SparseLinear(W)(X)``), run interleaved in one process with
+    the same thread count, median of ``repeats``. Each timed call follows an
+    untimed call of the same function (warm-up; it also lets the other
+    library's spin-waiting threads go quiet).
+
+    Returns
+    -------
+    list of dict
+        One row per (density, batch): ``density``, ``batch``, ``n``,
+        ``n_threads``, median seconds ``dense_s``, ``scipy_s`` (NaN if skipped),
+        ``ours_s``, ``auto_s``, the ``auto_path`` chosen, and the speedups
+        ``vs_dense`` and ``vs_scipy`` of ours and ``auto_vs_dense``.
+    """
+    rows = []
+    rng = np.random.default_rng(seed)
+    with thread_limit(n_threads) as nt:
+        for density in densities:
+            W = sp.random_array((n, n), density=density, format="csr", dtype=dtype, rng=rng)
+            layer = SparseLinear(W)
+            # The baseline uses the layer's own dense copy, the array the
+            # dispatcher's dense path multiplies by: two separately allocated
+            # 64 MiB copies can differ by several percent in BLAS speed
+            # (page placement), which would blur the dispatcher comparison.
+            Wd = layer._dense()
+            for batch in batches:
+                X = rng.standard_normal((batch, n)).astype(dtype)
+                fns = {
+                    "dense": lambda: X @ Wd.T,
+                    "ours": lambda: layer(X, method="sparse"),
+                    "auto": lambda: layer(X),
+                }
+                if include_scipy:
+                    fns["scipy"] = lambda: W @ X.T
+                times = {k: [] for k in fns}
+                for f in fns.values():
+                    f()
+                for _ in range(repeats):
+                    for k, f in fns.items():
+                        # One untimed call first: OpenBLAS and numba's OpenMP
+                        # threads both spin-wait after a call, so the first
+                        # call after the other library's shares the cores with
+                        # those spinners. The timed call is the steady state.
+                        f()
+                        t0 = time.perf_counter()
+                        f()
+                        times[k].append(time.perf_counter() - t0)
+                med = {k: float(np.median(v)) for k, v in times.items()}
+                sc = med.get("scipy", math.nan)
+                rows.append(dict(
+                    density=density, batch=batch, n=n, n_threads=nt,
+                    dense_s=med["dense"], scipy_s=sc, ours_s=med["ours"], auto_s=med["auto"],
+                    auto_path=layer.explain(batch).path,
+                    vs_dense=med["dense"] / med["ours"], vs_scipy=sc / med["ours"],
+                    auto_vs_dense=med["dense"] / med["auto"],
+                ))
+    return rows

@@ -1,0 +1,374 @@
+"""sparseprune.linear / SparseLinear against a plain-numpy reference kept here, plus the dispatcher."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparseprune
+from sparseprune import _calibration as cal
+from sparseprune import spmm as spmm_mod
+
+ACTS = [None, "identity", "relu", "tanh", "logistic"]
+
+
+# ---------------------------------------------------------------- reference
+def ref_linear(X, Wd, bias=None, activation=None):
+    """act(X @ W.T + b) in float64 with numpy only, written for clarity."""
+    Z = X.astype(np.float64) @ Wd.astype(np.float64).T
+    if bias is not None:
+        Z = Z + np.asarray(bias, np.float64)
+    if activation == "relu":
+        Z = np.maximum(Z, 0)
+    elif activation == "tanh":
+        Z = np.tanh(Z)
+    elif activation == "logistic":
+        Z = 1 / (1 + np.exp(-Z))
+    return Z
+
+
+def tol(dtype, k):
+    # float32 sums of k terms of size ~1: error grows like sqrt(k) eps, bound it loosely.
+    return (2e-5 if dtype == np.float32 else 1e-12) * max(1, k)
+
+
+def random_csr(rng, n_out, n_in, density, dtype=np.float32):
+    return sp.random_array((n_out, n_in), density=density, format="csr", dtype=dtype, rng=rng,
+                           data_sampler=lambda size: rng.standard_normal(size))
+
+
+@pytest.fixture(autouse=True)
+def _no_measuring(tmp_path, monkeypatch):
+    """No test measures the machine unless it asks: built-in table, private cache dir."""
+    monkeypatch.setenv("SPARSEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SPARSEPRUNE_CALIBRATION", "default")
+    cal.forget()
+    sparseprune.set_calibration(None)
+    yield
+    sparseprune.set_calibration(None)
+    cal.forget()
+
+
+# ---------------------------------------------------------------- correctness
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.sampled_from([0, 1, 2, 3, 7, 8, 9, 16, 17, 31, 33, 64, 65, 70]),
+    n_in=st.integers(0, 40),
+    n_out=st.integers(0, 40),
+    density=st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    activation=st.sampled_from(ACTS),
+    order=st.sampled_from(["C", "F"]),
+    with_bias=st.booleans(),
+    method=st.sampled_from(["auto", "sparse", "dense"]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_dense_reference(batch, n_in, n_out, density, dtype, activation, order, with_bias, method, seed):
+    rng = np.random.default_rng(seed)
+    W = random_csr(rng, n_out, n_in, density, dtype)
+    X = np.asarray(rng.standard_normal((batch, n_in)), dtype=dtype, order=order)
+    b = rng.standard_normal(n_out).astype(dtype) if with_bias else None
+    Y = sparseprune.linear(X, W, b, activation, method=method)
+    assert Y.shape == (batch, n_out) and Y.dtype == dtype and Y.flags.c_contiguous
+    np.testing.assert_allclose(Y, ref_linear(X, W.toarray(), b, activation), rtol=tol(dtype, n_in),
+                               atol=tol(dtype, n_in))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [1, 5, 16, 40, 64, 150])
+def test_parallel_sizes_every_width(dtype, batch, monkeypatch):
+    # Every call on the thread pool; batches cover each block width and remainders.
+    monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
+    monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+    rng = np.random.default_rng(batch)
+    W = random_csr(rng, 301, 257, 0.4, dtype)
+    X = rng.standard_normal((batch, 257)).astype(dtype)
+    b = rng.standard_normal(301).astype(dtype)
+    layer = sparseprune.SparseLinear(W, b, "relu")
+    expected = ref_linear(X, W.toarray(), b, "relu")
+    for Y in (layer(X, method="sparse"), sparseprune.linear(X, W, b, "relu", method="sparse")):
+        np.testing.assert_allclose(Y, expected, rtol=tol(dtype, 257), atol=tol(dtype, 257))
+    with sparseprune.thread_limit(1):
+        np.testing.assert_allclose(layer(X, method="sparse"), expected, rtol=tol(dtype, 257),
+                                   atol=tol(dtype, 257))
+
+
+def test_skewed_rows_balanced_partition():
+    # All nonzeros in a few rows: the nnz-balanced split must still cover every row once.
+    rng = np.random.default_rng(0)
+    Wd = np.zeros((500, 300), np.float32)
+    Wd[[3, 4, 250, 499]] = rng.standard_normal((4, 300))
+    W = sp.csr_array(Wd)
+    X = rng.standard_normal((70, 300)).astype(np.float32)
+    np.testing.assert_allclose(sparseprune.linear(X, W, method="sparse"), ref_linear(X, Wd), rtol=1e-4,
+                               atol=1e-4)
+    from sparseprune.kernels.spmm import balanced_row_starts
+    for parts in (1, 2, 3, 8, 1000):
+        rs = balanced_row_starts(W.indptr, parts)
+        assert rs[0] == 0 and rs[-1] == 500 and np.all(np.diff(rs) > 0) and len(rs) <= parts + 1
+
+
+def test_dense_weights_and_csr_matrix_and_int64_indices():
+    rng = np.random.default_rng(1)
+    W = random_csr(rng, 20, 30, 0.3)
+    X = rng.standard_normal((9, 30)).astype(np.float32)
+    expected = ref_linear(X, W.toarray())
+    W64 = sp.csr_array((W.data, W.indices.astype(np.int64), W.indptr.astype(np.int64)), shape=W.shape)
+    for w in (W.toarray(), sp.csr_matrix(W), W64, sparseprune.SparseLinear(W.toarray())):
+        for method in ("auto", "sparse", "dense"):
+            np.testing.assert_allclose(sparseprune.linear(X, w, method=method), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inputs_are_never_modified():
+    rng = np.random.default_rng(2)
+    W = random_csr(rng, 70, 50, 0.5)
+    # Unsorted + duplicate indices force the canonicalising path too.
+    data = np.concatenate([W.data, [1.5, -2.0]]).astype(np.float32)
+    indices = np.concatenate([W.indices, [3, 3]]).astype(np.int32)
+    indptr = W.indptr.copy()
+    indptr[-1] += 2
+    Wn = sp.csr_array((data, indices, indptr), shape=W.shape)
+    X = rng.standard_normal((65, 50)).astype(np.float32)
+    X[4, 7] = np.nan
+    b = rng.standard_normal(70).astype(np.float32)
+    snapshots = [a.copy() for a in (X, b, Wn.data, Wn.indices, Wn.indptr, W.data, W.indices, W.indptr)]
+    for w in (W, Wn):
+        for method in ("auto", "sparse", "dense"):
+            sparseprune.linear(X, w, b, "relu", method=method)
+            sparseprune.SparseLinear(w, b, "tanh")(X, method=method)
+    for before, after in zip(snapshots, (X, b, Wn.data, Wn.indices, Wn.indptr, W.data, W.indices, W.indptr)):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_noncanonical_csr_is_canonicalised_on_a_copy():
+    # Row 0: columns 2, 0, 2 (unsorted, duplicate); row 1: column 1.
+    data = np.array([1.0, 2.0, 3.0, 4.0], np.float64)
+    indices = np.array([2, 0, 2, 1], np.int32)
+    indptr = np.array([0, 3, 4], np.int32)
+    W = sp.csr_array((data, indices, indptr), shape=(2, 3))
+    Wd = np.array([[2.0, 0.0, 4.0], [0.0, 4.0, 0.0]])
+    X = np.array([[1.0, 10.0, 100.0], [0.5, 0.25, 0.125]])
+    np.testing.assert_allclose(sparseprune.linear(X, W, method="sparse"), X @ Wd.T)
+    layer = sparseprune.SparseLinear(W)
+    assert layer.nnz == 3 and layer.weight.has_sorted_indices
+    np.testing.assert_array_equal(W.indices, [2, 0, 2, 1])
+
+
+def test_prepared_layer_snapshots_weights():
+    rng = np.random.default_rng(3)
+    W = random_csr(rng, 10, 12, 0.5, np.float64)
+    layer = sparseprune.SparseLinear(W)
+    X = rng.standard_normal((3, 12))
+    expected = ref_linear(X, W.toarray())
+    W.data[:] = 0  # the caller changes their matrix afterwards
+    np.testing.assert_allclose(layer(X), expected, rtol=1e-12, atol=1e-12)
+    assert layer.shape == (10, 12) and layer.dtype == np.float64
+    assert "SparseLinear" in repr(layer)
+
+
+# ---------------------------------------------------------------- NaN / inf
+@pytest.mark.parametrize("method", ["sparse", "auto"])
+@pytest.mark.parametrize("batch", [1, 20])
+def test_nonfinite_inputs_propagate_like_dense(method, batch):
+    rng = np.random.default_rng(4)
+    W = random_csr(rng, 40, 30, 0.3)
+    W.data[:5] = 0.0  # explicit stored zeros: 0 * inf is NaN in the dense product too
+    X = rng.standard_normal((batch, 30)).astype(np.float32)
+    X[0, 3] = np.inf
+    if batch > 1:
+        X[1, 5] = np.nan
+        X[2, 7] = -np.inf
+        X[2, 9] = np.inf
+    with np.errstate(invalid="ignore"):
+        dense = X @ W.toarray().T  # BLAS: the behaviour users know
+    Y = sparseprune.linear(X, W, method=method)
+    np.testing.assert_array_equal(np.isnan(Y), np.isnan(dense))
+    np.testing.assert_array_equal(np.isinf(Y), np.isinf(dense))
+    finite = np.isfinite(dense)
+    np.testing.assert_allclose(Y[finite], dense[finite], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- bad input
+def test_shape_mismatch_names_both_shapes():
+    W = sp.csr_array(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"\(3, 6\).*5"):
+        sparseprune.linear(np.ones((3, 6), np.float32), W)
+
+
+@pytest.mark.parametrize("X", [np.ones(5, np.float32), np.ones((2, 3, 5), np.float32)])
+def test_wrong_ndim(X):
+    with pytest.raises(ValueError, match="2-D"):
+        sparseprune.linear(X, sp.csr_array(np.ones((4, 5), np.float32)))
+
+
+def test_dtype_mismatch_says_what_to_cast():
+    W = sp.csr_array(np.ones((4, 5), np.float64))
+    with pytest.raises(TypeError, match=r"astype\(np.float64\)"):
+        sparseprune.linear(np.ones((3, 5), np.float32), W)
+    with pytest.raises(TypeError, match="astype"):
+        sparseprune.linear(np.ones((3, 5), np.int64), W)
+    with pytest.raises(TypeError, match="astype"):
+        sparseprune.linear(np.ones((3, 5)), sp.csr_array(np.ones((4, 5), np.int32)))
+
+
+def test_out_of_range_and_malformed_csr_rejected_before_kernels():
+    data = np.ones(2, np.float32)
+    X = np.ones((2, 3), np.float32)
+    bad_col = sp.csr_array((data, np.array([0, 3], np.int32), np.array([0, 1, 2], np.int32)), shape=(2, 3),
+                           copy=False)
+    neg_col = sp.csr_array((data, np.array([0, -1], np.int32), np.array([0, 1, 2], np.int32)), shape=(2, 3))
+    for W in (bad_col, neg_col):
+        with pytest.raises(ValueError, match="outside"):
+            sparseprune.linear(X, W, method="sparse")
+        with pytest.raises(ValueError, match="outside"):
+            sparseprune.SparseLinear(W)
+    bad_ptr = sp.csr_array((data, np.array([0, 1], np.int32), np.array([0, 1, 2], np.int32)), shape=(2, 3))
+    bad_ptr.indptr[1] = 5  # points past the end
+    with pytest.raises(ValueError, match="malformed"):
+        sparseprune.linear(X, bad_ptr)
+
+
+def test_other_bad_arguments():
+    W = sp.csr_array(np.ones((4, 5), np.float32))
+    X = np.ones((3, 5), np.float32)
+    with pytest.raises(ValueError, match="'activation'"):
+        sparseprune.linear(X, W, activation="gelu")
+    with pytest.raises(ValueError, match="'method'"):
+        sparseprune.linear(X, W, method="fast")
+    with pytest.raises(ValueError, match=r"\(4,\)"):
+        sparseprune.linear(X, W, bias=np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="tocsr"):
+        sparseprune.linear(X, sp.coo_array(np.ones((4, 5), np.float32)))
+    with pytest.raises(TypeError, match="dense"):
+        sparseprune.linear(sp.csr_array(X), W)
+    with pytest.raises(ValueError, match="SparseLinear"):
+        sparseprune.linear(X, sparseprune.SparseLinear(W), bias=np.ones(4, np.float32))
+
+
+# ---------------------------------------------------------------- dispatcher
+def _table(dense_cost, sparse_cost):
+    batches = cal.BATCHES
+    return {"source": "test", "dense_per_mac": {str(b): dense_cost * b for b in batches},
+            "sparse_per_nnz": {str(b): sparse_cost * b for b in batches}}
+
+
+def test_dispatcher_follows_the_calibration_table():
+    rng = np.random.default_rng(5)
+    W = random_csr(rng, 64, 64, 0.25)
+    layer = sparseprune.SparseLinear(W)
+    X = rng.standard_normal((16, 64)).astype(np.float32)
+    # sparse nonzero = 2 dense multiply-adds: at 25% density sparse costs 0.5x dense -> sparse.
+    sparseprune.set_calibration(_table(1e-9, 2e-9))
+    d = sparseprune.explain(X, layer)
+    assert d.path == "sparse" and "spmm" in d.kernel and "0.50x" in d.reason
+    # sparse nonzero = 4 dense multiply-adds: 1.0x > 0.85 safety threshold -> dense.
+    sparseprune.set_calibration(_table(1e-9, 4e-9))
+    d = sparseprune.explain(16, layer)
+    assert d.path == "dense" and "safety" in d.reason and d.kernel.startswith("numpy")
+    np.testing.assert_allclose(layer(X), ref_linear(X, W.toarray()), rtol=1e-5, atol=1e-5)
+    # Batch 1 picks the SpMV kernel.
+    sparseprune.set_calibration(_table(1e-9, 1e-9))
+    assert "spmv" in sparseprune.explain(1, W).kernel
+    # Bare csr: the dense side pays for expanding W, so sparse wins more often.
+    sparseprune.set_calibration(_table(1e-9, 3.55e-9))
+    assert sparseprune.explain(16, layer).path == "dense"
+    assert sparseprune.explain(16, W).path == "sparse"
+
+
+def test_dense_array_weights_stay_dense_and_forced_methods():
+    W = np.eye(8, dtype=np.float32)
+    d = sparseprune.explain(4, W)
+    assert d.path == "dense" and "SparseLinear" in d.reason
+    assert sparseprune.explain(4, W, method="sparse").path == "sparse"
+    assert sparseprune.explain(np.ones((4, 8)), sp.csr_array(W), method="dense").path == "dense"
+    assert str(d).startswith("dense")
+    assert d.to_dict()["batch"] == 4
+    with pytest.raises(ValueError, match="2-D"):
+        sparseprune.explain(np.ones(3), W)
+
+
+def test_injected_table_is_validated():
+    with pytest.raises(ValueError, match="dense_per_mac"):
+        sparseprune.set_calibration({"dense_per_mac": {}})
+
+
+# ---------------------------------------------------------------- calibration
+def test_default_table_on_ci_and_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("SPARSEPRUNE_CALIBRATION")
+    monkeypatch.setenv("CI", "true")
+    table = cal.get_table(2)
+    assert table["source"] == "default"
+    assert cal.cache_file() == tmp_path / "cache" / "calibration.json"
+    monkeypatch.delenv("SPARSEPRUNE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cal.cache_dir() == tmp_path / "xdg" / "sparseprune"
+
+
+def test_calibrate_measures_caches_and_reloads(monkeypatch):
+    # A tiny, fast calibration: the real one uses a 1024 x 4096 layer.
+    monkeypatch.setattr(cal, "CAL_ROWS", 64)
+    monkeypatch.setattr(cal, "CAL_COLS", 96)
+    table = sparseprune.calibrate(force=True)
+    assert table["source"].startswith("measured")
+    stored = json.loads(cal.cache_file().read_text())
+    assert table in stored.values()
+    cal.forget()
+    assert cal.get_table(sparseprune.get_num_threads()) == table  # read back from disk, no re-measuring
+    assert sparseprune.calibrate() == table  # cached: not re-measured
+    # A corrupt cache file is ignored, never fatal.
+    cal.cache_file().write_text("{not json")
+    cal.forget()
+    assert cal.get_table(sparseprune.get_num_threads())["source"] == "default"
+
+
+def test_interpolation_between_batches():
+    t = _table(1e-9, 2e-9)
+    assert cal.per_unit(t, "dense_per_mac", 16) == pytest.approx(16e-9)
+    assert cal.per_unit(t, "dense_per_mac", 24) == pytest.approx(24e-9, rel=1e-6)
+    assert cal.per_unit(t, "sparse_per_nnz", 512) == pytest.approx(1024e-9)
+
+
+# ---------------------------------------------------------------- threads
+def test_eight_python_threads_same_results(monkeypatch):
+    monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)  # every call uses the shared pool
+    monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+    rng = np.random.default_rng(6)
+    W = random_csr(rng, 400, 300, 0.3)
+    layer = sparseprune.SparseLinear(W, rng.standard_normal(400).astype(np.float32), "relu")
+    inputs = [rng.standard_normal((b, 300)).astype(np.float32) for b in (1, 7, 16, 33, 64, 100, 128, 200)]
+    expected = [layer(x, method="sparse") for x in inputs]
+    results: list = [None] * 8
+    errors: list = []
+    start = threading.Barrier(8)
+
+    def work(k):
+        try:
+            start.wait()
+            out = []
+            for _ in range(5):
+                out.append(layer(inputs[k], method="sparse"))
+                out.append(sparseprune.linear(inputs[k], W, layer.bias, "relu", method="sparse"))
+            results[k] = out
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(8):
+        for Y in results[k]:
+            np.testing.assert_array_equal(Y, expected[k])
+
+
+def test_sweep_returns_rows():
+    rows = spmm_mod.spmm_sweep([0.1], [1, 16], n=64, repeats=1)
+    assert [(r["density"], r["batch"]) for r in rows] == [(0.1, 1), (0.1, 16)]
+    assert all(r["ours_s"] > 0 and r["dense_s"] > 0 and r["auto_path"] in ("dense", "sparse") for r in rows)
