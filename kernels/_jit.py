@@ -43,27 +43,15 @@ def jit(fn: Callable | None = None, *, parallel: bool = False, fastmath: bool | 
     return wrap if fn is None else wrap(fn)
 
 
-def specialize(fn: Callable, suffix: str, **constants) -> Callable:
-    """A copy of ``fn`` named ``<name>_<suffix>`` that sees ``constants`` as its globals.
-
-    numba freezes global names as compile-time constants, so one Python function
-    can be compiled for, say, two block sizes. The new ``__qualname__`` gives the
-    copy its own entries in numba's on-disk cache.
-    """
-    glb = {**fn.__globals__, **constants} if constants else fn.__globals__
-    copy = types.FunctionType(fn.__code__, glb, f"{fn.__name__}_{suffix}", fn.__defaults__, fn.__closure__)
-    copy.__qualname__ = f"{fn.__qualname__}_{suffix}"
-    copy.__module__ = fn.__module__
-    copy.__doc__ = fn.__doc__
-    return copy
-
-
-def jit_variants(fn: Callable, *, fastmath: bool | frozenset = True, suffix: str = "", **constants):
+def jit_variants(fn: Callable, *, fastmath: bool | frozenset = True):
     """Compile one function twice: serial and parallel (``prange`` becomes ``range``).
 
-    ``constants`` (with a ``suffix`` naming them) override globals of ``fn`` for
-    both copies, see :func:`specialize`.
+    The serial copy gets its own ``__qualname__`` so numba's on-disk cache keeps
+    the two variants in separate index files.
     """
-    par = specialize(fn, suffix, **constants) if suffix else fn
-    serial = specialize(fn, f"{suffix}_serial" if suffix else "serial", **constants)
-    return jit(serial, parallel=False, fastmath=fastmath), jit(par, parallel=True, fastmath=fastmath)
+    serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                   fn.__defaults__, fn.__closure__)
+    serial_fn.__qualname__ = fn.__qualname__ + "_serial"
+    serial_fn.__module__ = fn.__module__
+    serial_fn.__doc__ = fn.__doc__
+    return jit(serial_fn, parallel=False, fastmath=fastmath), jit(fn, parallel=True, fastmath=fastmath)

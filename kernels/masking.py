@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from sparseprune.kernels._jit import jit, jit_variants
 
@@ -38,64 +39,44 @@ def _count_rows(W, v, gt, ties, nonfinite, big):
         nonfinite[i] = b
 
 
-# Columns tested per block in ``_fill_rows``: a block with no kept entry is skipped
-# after one vectorised test, and a block that fits in the row's remaining slots
-# is compacted without an end-of-row check. Small blocks pay off when almost
-# every entry is dropped; ``fill_rows_sparse`` is compiled with _BLOCK = 8.
-_BLOCK = 64
-
-
-@jit(fastmath=False)
-def _compact(row, j0, j1, ci, data, indices, p, end):
-    """Branchless compaction of row[j0:j1] (keep |w| >= ci, w != 0) from slot p; returns the new p.
-
-    Every entry is written and the slot advances only when kept; the write
-    position stays below ``end`` (this row's last slot + 1) because we stop as
-    soon as the row is full, so no write lands in another row's slots. With
-    ci > 0, |w| >= ci already excludes zeros and the second test is skipped.
-    """
-    if ci > 0 and p + (j1 - j0) <= end:
-        for j in range(j0, j1):
-            w = row[j]
-            data[p] = w
-            indices[p] = j
-            p += abs(w) >= ci
-    else:
-        for j in range(j0, j1):
-            w = row[j]
-            data[p] = w
-            indices[p] = j
-            p += (abs(w) >= ci) & (w != 0)
-            if p == end:
-                break
-    return p
-
-
 def _fill_rows(W, cut, indptr, data, indices):
     """Write the entries with |w| >= cut[i] and w != 0 of each row into its CSR slot.
+
+    Each block of 64 columns becomes a 64-bit keep mask (a vectorised compare and
+    OR-reduction; the block width must stay a literal constant here for that),
+    then one step per set bit writes an entry. Work per block is thus a few
+    vector instructions plus one step per *kept* entry, whatever the density.
+    The first pass's counts guarantee every write lands in the row's own slots.
 
     Rows whose cut is NaN are skipped (nothing compares >= NaN): they hold a
     partial set of ties and are written by ``_fill_tie_rows``.
     """
     n_rows, n_cols = W.shape
-    n_full = n_cols - n_cols % _BLOCK
+    n_full = n_cols - n_cols % 64
+    one = np.uint64(1)
     for i in prange(n_rows):
         p = indptr[i]
-        end = indptr[i + 1]
         ci = cut[i]
-        if p == end or ci != ci:
+        if p == indptr[i + 1] or ci != ci:
             continue
         row = W[i]
-        for j0 in range(0, n_full, _BLOCK):
-            hits = 0
-            for j in range(j0, j0 + _BLOCK):
-                hits += abs(row[j]) >= ci
-            if hits:
-                p = _compact(row, j0, j0 + _BLOCK, ci, data, indices, p, end)
-                if p == end:
-                    break
-        if p < end:
-            _compact(row, n_full, n_cols, ci, data, indices, p, end)
+        for j0 in range(0, n_full, 64):
+            bits = np.uint64(0)
+            for t in range(64):
+                w = row[j0 + t]
+                bits |= np.uint64((abs(w) >= ci) & (w != 0)) << np.uint64(t)
+            while bits:
+                j = j0 + trailing_zeros(bits)
+                data[p] = row[j]
+                indices[p] = j
+                p += 1
+                bits &= bits - one
+        for j in range(n_full, n_cols):
+            w = row[j]
+            if (abs(w) >= ci) & (w != 0):
+                data[p] = w
+                indices[p] = j
+                p += 1
 
 
 def _fill_tie_rows(W, rows, v, tie_offset, indptr, data, indices):
@@ -172,7 +153,6 @@ def _fill_cols(WT, cut, start, data, indices):
 
 count_rows_serial, count_rows = jit_variants(_count_rows, fastmath=False)
 fill_rows_serial, fill_rows = jit_variants(_fill_rows, fastmath=False)
-fill_rows_sparse_serial, fill_rows_sparse = jit_variants(_fill_rows, fastmath=False, suffix="b8", _BLOCK=8)
 fill_tie_rows_serial, fill_tie_rows = jit_variants(_fill_tie_rows, fastmath=False)
 count_cols_serial, count_cols = jit_variants(_count_cols, fastmath=False)
 fill_cols_serial, fill_cols = jit_variants(_fill_cols, fastmath=False)

@@ -11,11 +11,14 @@ from sparseprune.masking import (
     sparsity_info,
     threshold_mask,
 )
+from sparseprune.mlp import MLPClassifier, MLPRegressor, load
 from sparseprune.tree import CompiledTree, PruningReport, compile_tree, prune_tree, pruning_curve, tree_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MLPClassifier",
+    "MLPRegressor",
     "CompiledTree",
     "PruningReport",
     "compile_tree",
@@ -35,6 +38,7 @@ __all__ = [
     "sparsity_info",
     "threshold_mask",
     "get_num_threads",
+    "load",
     "set_num_threads",
     "thread_limit",
     "threading_layer",

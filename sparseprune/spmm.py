@@ -50,8 +50,12 @@ _METHODS = ("auto", "dense", "sparse")
 #: ~0.5 ns per nonzero) and a few million multiply-adds at batch 16.
 SERIAL_WORK = 4_000_000
 SERIAL_WORK_SPMV = 1_500_000
+#: Inputs with at least this many elements are packed by all threads.
+PACK_PARALLEL = 1 << 18
 #: Output rows the SpMM kernel stages before one transposed copy into Y.
 OUT_CHUNK = 64
+#: Byte alignment of the packed input (one cache line).
+_ALIGN = 64
 #: nnz-balanced row ranges per thread, taken dynamically (see _run_rows).
 PARTS_PER_THREAD = 4
 
@@ -232,6 +236,8 @@ def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decisi
     table = _cal.get_table(n_threads)
     td = _cal.per_unit(table, "dense_per_mac", batch) * n_out * n_in
     ts = _cal.per_unit(table, "sparse_per_nnz", batch) * nnz
+    if "pack_per_col" in table:
+        ts += _cal.per_unit(table, "pack_per_col", batch) * n_in
     extra = ""
     if weights == "csr":
         # linear(X, W_csr) has no dense copy to reuse: going dense means expanding W on every call.
@@ -317,12 +323,64 @@ def _run_rows(kernel, n_threads: int, rs: np.ndarray, head: tuple, tail: tuple) 
         f.result()
 
 
+def _aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` starting on a 64-byte (cache-line) boundary.
+
+    numpy's large allocations start 16 bytes past a page boundary, so each
+    packed ``xp[blk, j, :]`` run would straddle cache lines: half the 32-byte
+    loads of the SpMM inner loop (and every 64-byte one) would be split loads.
+    """
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    raw = np.empty(n * dtype.itemsize + _ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % _ALIGN
+    return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _pack(X: np.ndarray, xp: np.ndarray, n_threads: int) -> np.ndarray:
+    """Pack ``X`` into ``xp`` (see ``kernels.spmm.pack``); returns per-row non-finite flags.
+
+    Packing costs O(batch x n_in) whatever the layer's nnz (about 2 ns per
+    element on one core), so a large input is packed by several threads even
+    when the layer itself is small enough to multiply serially.
+    """
+    n_chunks = max(1, (X.shape[1] + _k.PACK_CHUNK - 1) // _k.PACK_CHUNK)
+    n_tiles = xp.shape[0] * n_chunks
+    flags = np.zeros((n_chunks, X.shape[0]), np.int8)
+    parts = PARTS_PER_THREAD * n_threads if X.size >= PACK_PARALLEL and n_threads > 1 else 1
+    bounds = np.linspace(0, n_tiles, min(parts, n_tiles) + 1).astype(np.int64)
+    _run_rows(_k.pack, n_threads if parts > 1 else 1, bounds, (X, xp, flags), ())
+    return flags.max(axis=0)
+
+
+def _packed_blocks(X: np.ndarray, n_threads: int) -> list:
+    """X packed for the SpMM kernels: ``(b0, b1, width, xp, nonfinite_flags)`` per batch range.
+
+    Full blocks of 64 rows first, then the remainder in the narrowest width
+    that holds it.
+    """
+    n_batch, n_in = X.shape
+    full = (n_batch // 64) * 64
+    out = []
+    for b0, b1 in ((0, full), (full, n_batch)):
+        if b1 == b0:
+            continue
+        width = 64 if b0 == 0 and full else _width_for(b1 - b0)
+        n_blocks = (b1 - b0 + width - 1) // width
+        xp = _aligned_empty((n_blocks, n_in, width), X.dtype)
+        pad = n_blocks * width - (b1 - b0)
+        if pad:
+            xp[-1, :, width - pad:] = 0  # padding lanes are computed (never stored): keep them finite
+        out.append((b0, b1, width, xp, _pack(X[b0:b1], xp, n_threads)))
+    return out
+
+
 def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) -> np.ndarray:
     n_batch, n_in = X.shape
     Y = np.empty((n_batch, n_out), dtype=data.dtype)
     if n_batch == 0 or n_out == 0:
         return Y
-    n_threads = numba.get_num_threads()
+    n_threads = n_threads_all = numba.get_num_threads()
     parallel = int(indptr[-1]) * n_batch >= (SERIAL_WORK_SPMV if n_batch == 1 else SERIAL_WORK) and n_threads > 1
     if not parallel:
         n_threads = 1
@@ -332,21 +390,9 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) 
         _run_rows(_k.spmv, n_threads, rs, (data, indices, indptr, x, bias, act), (Y[0],))
         flags = np.array([not np.isfinite(x).all()], np.int8)
     else:
-        full = (n_batch // 64) * 64
         flag_parts = []
-        for b0, b1 in ((0, full), (full, n_batch)):
-            if b1 == b0:
-                continue
-            width = 64 if b0 == 0 and full else _width_for(b1 - b0)
-            n_blocks = (b1 - b0 + width - 1) // width
-            xp = np.empty((n_blocks, n_in, width), dtype=X.dtype)
-            pad = n_blocks * width - (b1 - b0)
-            if pad:
-                xp[-1, :, width - pad:] = 0  # padding lanes are computed (never stored): keep them finite
-            n_chunks = (n_in + _k.PACK_CHUNK - 1) // _k.PACK_CHUNK
-            fl = np.zeros((max(n_chunks, 1), b1 - b0), np.int8)
-            _k.pack(X[b0:b1], xp, fl)
-            flag_parts.append(fl.max(axis=0))
+        for b0, b1, width, xp, fl in _packed_blocks(X, n_threads_all):
+            flag_parts.append(fl)
             _run_rows(_k.spmm_kernel(width), n_threads, rs, (data, indices, indptr, xp, bias, act),
                       (Y[b0:b1], OUT_CHUNK))
         flags = np.concatenate(flag_parts)

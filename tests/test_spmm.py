@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import numpy as np
@@ -85,6 +86,7 @@ def test_parallel_sizes_every_width(dtype, batch, monkeypatch):
     # Every call on the thread pool; batches cover each block width and remainders.
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+    monkeypatch.setattr(spmm_mod, "PACK_PARALLEL", 0)
     rng = np.random.default_rng(batch)
     W = random_csr(rng, 301, 257, 0.4, dtype)
     X = rng.standard_normal((batch, 257)).astype(dtype)
@@ -173,8 +175,11 @@ def test_prepared_layer_snapshots_weights():
 
 # ---------------------------------------------------------------- NaN / inf
 @pytest.mark.parametrize("method", ["sparse", "auto"])
-@pytest.mark.parametrize("batch", [1, 20])
-def test_nonfinite_inputs_propagate_like_dense(method, batch):
+@pytest.mark.parametrize("batch", [1, 20, 70])
+@pytest.mark.parametrize("threaded_pack", [False, True])
+def test_nonfinite_inputs_propagate_like_dense(method, batch, threaded_pack, monkeypatch):
+    if threaded_pack:  # flags from tiles packed by different threads must all arrive
+        monkeypatch.setattr(spmm_mod, "PACK_PARALLEL", 0)
     rng = np.random.default_rng(4)
     W = random_csr(rng, 40, 30, 0.3)
     W.data[:5] = 0.0  # explicit stored zeros: 0 * inf is NaN in the dense product too
@@ -184,6 +189,8 @@ def test_nonfinite_inputs_propagate_like_dense(method, batch):
         X[1, 5] = np.nan
         X[2, 7] = -np.inf
         X[2, 9] = np.inf
+    if batch > 64:
+        X[66, 29] = np.nan  # in the second batch block
     with np.errstate(invalid="ignore"):
         dense = X @ W.toarray().T  # BLAS: the behaviour users know
     Y = sparseprune.linear(X, W, method=method)
@@ -372,3 +379,17 @@ def test_sweep_returns_rows():
     rows = spmm_mod.spmm_sweep([0.1], [1, 16], n=64, repeats=1)
     assert [(r["density"], r["batch"]) for r in rows] == [(0.1, 1), (0.1, 16)]
     assert all(r["ours_s"] > 0 and r["dense_s"] > 0 and r["auto_path"] in ("dense", "sparse") for r in rows)
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 5, 64), np.float32), ((1, 7, 8), np.float64), ((0, 4, 16), np.float32)])
+def test_packed_input_buffer_is_cache_line_aligned(shape, dtype):
+    # The SpMM inner loop loads xp[blk, j, :] runs: a 16-byte offset (numpy's
+    # usual start for large arrays) makes every 64-byte run straddle two lines.
+    a = spmm_mod._aligned_empty(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    if a.size:  # numpy may hand an empty view any address; nothing is loaded from it
+        assert a.ctypes.data % 64 == 0
+    a[...] = 1  # the whole buffer is usable
+    assert a.sum() == math.prod(shape)
+    # Many allocations, so a plain np.empty (16-byte aligned) could not pass by luck.
+    assert all(spmm_mod._aligned_empty((k, 64), dtype).ctypes.data % 64 == 0 for k in range(1, 40))

@@ -1,0 +1,1200 @@
+"""A small numpy MLP that trains, prunes and serves through sparseprune's kernels.
+
+Each fitted layer holds a dense ndarray or a scipy ``csr_array`` of shape
+(out, in); prediction goes through :func:`sparseprune.linear`, so a pruned
+model really runs the sparse kernels. Training is plain numpy (minibatch Adam
+or SGD, scikit-learn's update rules); masked fine-tuning keeps a dense weight
+plus a boolean mask per sparse layer so pruned weights stay exactly zero.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import warnings
+import zipfile
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from threadpoolctl import threadpool_limits
+
+from sparseprune._validation import check_int, check_number, index_dtype
+from sparseprune.masking import global_magnitude_prune, magnitude_prune, threshold_mask
+from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
+from sparseprune.spmm import SparseLinear, explain, linear
+
+__all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
+
+# ---------------------------------------------------------------------------
+# The sparse inference dispatcher (sparseprune/spmm.py). Every forward pass of
+# a fitted model goes through ``_layer_forward`` and every dispatcher question
+# through ``_dispatch_choice``.
+# ---------------------------------------------------------------------------
+def _layer_forward(layer: "Layer", X, activation):
+    """``act(X @ W.T + b)`` for one layer through the dispatcher.
+
+    A CSR layer is prepared once as a ``SparseLinear`` (validation and row
+    partitioning done once, cached on the layer); a dense layer goes to
+    ``linear``, which runs BLAS for dense arrays.
+    """
+    if layer.is_sparse:
+        return layer._prepared(activation)(X)
+    return linear(X, layer.weight, bias=layer.bias, activation=activation)
+
+
+def _dispatch_choice(W, batch_size):
+    """Which path ("dense" or "sparse") the dispatcher takes for W at this batch size."""
+    return explain(batch_size, SparseLinear(W) if sparse.issparse(W) else W).path
+
+
+def _prune_global(weights, sparsity):
+    return global_magnitude_prune(weights, sparsity)
+
+
+def _prune_layer(W, sparsity):
+    return magnitude_prune(W, sparsity, scope="tensor")
+
+
+# ---------------------------------------------------------------------------
+# Layers and activations
+# ---------------------------------------------------------------------------
+class Layer:
+    """One fully connected layer: ``act(x @ weight.T + bias)``.
+
+    Attributes
+    ----------
+    weight : ndarray or scipy.sparse.csr_array of shape (out, in)
+    bias : ndarray of shape (out,)
+
+    Notes
+    -----
+    A CSR layer caches its prepared ``sparseprune.SparseLinear`` (which holds a
+    copy of the weights). Assigning ``weight`` or ``bias`` clears that cache;
+    modifying the arrays in place does not, so assign new arrays instead.
+    """
+
+    __slots__ = ("_weight", "_bias", "_cache")
+
+    def __init__(self, weight, bias) -> None:
+        self._weight = weight
+        self._bias = bias
+        self._cache = {}
+
+    @property
+    def weight(self):
+        return self._weight
+
+    @weight.setter
+    def weight(self, value) -> None:
+        self._weight = value
+        self._cache = {}
+
+    @property
+    def bias(self):
+        return self._bias
+
+    @bias.setter
+    def bias(self, value) -> None:
+        self._bias = value
+        self._cache = {}
+
+    def _prepared(self, activation):
+        op = self._cache.get(activation)
+        if op is None:
+            op = SparseLinear(self._weight, self._bias, activation)
+            self._cache[activation] = op
+        return op
+
+    # The cache holds locks and per-thread partitions: never pickle or deep-copy it.
+    def __getstate__(self):
+        return {"weight": self._weight, "bias": self._bias}
+
+    def __setstate__(self, state) -> None:
+        self._weight = state["weight"]
+        self._bias = state["bias"]
+        self._cache = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in)."""
+        return tuple(self._weight.shape)
+
+    @property
+    def is_sparse(self) -> bool:
+        """True when the weight is stored as CSR."""
+        return sparse.issparse(self._weight)
+
+    @property
+    def nnz(self) -> int:
+        """Stored nonzero weights (nonzero entries for a dense weight)."""
+        return int(self._weight.nnz) if self.is_sparse else int(np.count_nonzero(self._weight))
+
+    def dense_weight(self) -> np.ndarray:
+        """The weight as a dense C-contiguous array (a copy for CSR)."""
+        return self._weight.toarray() if self.is_sparse else np.ascontiguousarray(self._weight)
+
+    def __repr__(self) -> str:
+        kind = "csr" if self.is_sparse else "dense"
+        return f"Layer(shape={self.shape}, {kind}, nnz={self.nnz})"
+
+
+def _relu(Z):
+    return np.maximum(Z, 0, out=Z)
+
+
+def _tanh(Z):
+    return np.tanh(Z, out=Z)
+
+
+def _logistic(Z):
+    # Stable sigmoid: exp of a non-positive argument only.
+    E = np.exp(-np.abs(Z))
+    return np.where(Z >= 0, 1 / (1 + E), E / (1 + E)).astype(Z.dtype, copy=False)
+
+
+def _identity(Z):
+    return Z
+
+
+def _softmax(Z):
+    Z = Z - Z.max(axis=1, keepdims=True)
+    np.exp(Z, out=Z)
+    Z /= Z.sum(axis=1, keepdims=True)
+    return Z
+
+
+_ACT = {"relu": _relu, "tanh": _tanh, "logistic": _logistic, "identity": _identity, "softmax": _softmax}
+
+
+def _act_derivative(name, A, delta):
+    """Multiply ``delta`` in place by the derivative of activation ``name`` given its output ``A``."""
+    if name == "relu":
+        delta[A <= 0] = 0
+    elif name == "tanh":
+        delta *= 1 - A * A
+    elif name == "logistic":
+        delta *= A * (1 - A)
+    return delta
+
+
+# ---------------------------------------------------------------------------
+# Optimisers (scikit-learn's update rules, with masks)
+# ---------------------------------------------------------------------------
+class _Adam:
+    def __init__(self, params, lr, beta_1, beta_2, epsilon):
+        self.lr, self.b1, self.b2, self.eps = lr, beta_1, beta_2, epsilon
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, params, grads):
+        self.t += 1
+        lr_t = self.lr * math.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t)
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m *= self.b1
+            m += (1 - self.b1) * g
+            v *= self.b2
+            v += (1 - self.b2) * (g * g)
+            p -= lr_t * m / (np.sqrt(v) + self.eps)
+
+    def apply_masks(self, masks):
+        for m, v, mask in zip(self.m[::2], self.v[::2], masks):
+            if mask is not None:
+                m *= mask
+                v *= mask
+
+
+class _SGD:
+    def __init__(self, params, lr, momentum, nesterov):
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.vel = [np.zeros_like(p) for p in params]
+
+    def step(self, params, grads):
+        for p, g, vel in zip(params, grads, self.vel):
+            vel *= self.momentum
+            vel -= self.lr * g
+            if self.nesterov:
+                p += self.momentum * vel - self.lr * g
+            else:
+                p += vel
+
+    def apply_masks(self, masks):
+        for vel, mask in zip(self.vel[::2], masks):
+            if mask is not None:
+                vel *= mask
+
+
+# ---------------------------------------------------------------------------
+# Parameter checks
+# ---------------------------------------------------------------------------
+def _check_sparsity(value, name="sparsity"):
+    return check_number(value, name, low=0.0, high=1.0, high_inclusive=False)
+
+
+def _check_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"The '{name}' parameter must be one of {opts}. Got {value!r} instead.")
+    return value
+
+
+def _check_hidden_sizes(value):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        sizes = list(value)
+    except TypeError:
+        raise TypeError(
+            f"The 'hidden_layer_sizes' parameter must be a non-empty sequence of positive ints. Got {value!r} instead."
+        ) from None
+    if not sizes or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
+        raise ValueError(
+            f"The 'hidden_layer_sizes' parameter must be a non-empty sequence of positive ints. Got {value!r} instead."
+        )
+    return tuple(int(s) for s in sizes)
+
+
+# Largest weight matrix (entries) trained with a single BLAS thread.
+_SMALL_GEMM = 1 << 20
+
+_SK_PARAMS = ("hidden_layer_sizes", "activation", "solver", "alpha", "batch_size", "learning_rate_init",
+              "max_iter", "shuffle", "random_state", "tol", "early_stopping", "validation_fraction",
+              "beta_1", "beta_2", "epsilon", "n_iter_no_change", "momentum", "nesterovs_momentum")
+
+
+# ---------------------------------------------------------------------------
+# The estimator
+# ---------------------------------------------------------------------------
+class _BaseMLP(BaseEstimator):
+    _loss: str  # "log_loss" or "squared_error"
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=1e-4,
+                 batch_size="auto", learning_rate_init=1e-3, max_iter=200, shuffle=True, random_state=None,
+                 tol=1e-4, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-8, n_iter_no_change=10, momentum=0.9, nesterovs_momentum=True):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+
+    # -- parameter validation -------------------------------------------------
+    def _validate_params(self) -> None:
+        _check_hidden_sizes(self.hidden_layer_sizes)
+        _check_choice(self.activation, "activation", ("relu", "tanh", "logistic", "identity"))
+        _check_choice(self.solver, "solver", ("adam", "sgd"))
+        check_number(self.alpha, "alpha", low=0.0)
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            if isinstance(self.batch_size, str):
+                raise ValueError(f"The 'batch_size' parameter must be 'auto' or a positive int. "
+                                 f"Got {self.batch_size!r} instead.")
+            check_int(self.batch_size, "batch_size", low=1)
+        check_number(self.learning_rate_init, "learning_rate_init", low=0.0, low_inclusive=False)
+        check_int(self.max_iter, "max_iter", low=1)
+        check_number(self.tol, "tol", low=0.0)
+        check_number(self.validation_fraction, "validation_fraction", low=0.0, high=1.0,
+                     low_inclusive=False, high_inclusive=False)
+        for name in ("beta_1", "beta_2", "momentum"):
+            check_number(getattr(self, name), name, low=0.0, high=1.0, high_inclusive=False)
+        check_number(self.epsilon, "epsilon", low=0.0, low_inclusive=False)
+        check_int(self.n_iter_no_change, "n_iter_no_change", low=1)
+        for name in ("shuffle", "early_stopping", "nesterovs_momentum"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"The '{name}' parameter must be a bool. Got {getattr(self, name)!r} instead.")
+
+    # -- data helpers --------------------------------------------------------
+    @property
+    def _dtype(self):
+        return self.layers_[0].bias.dtype
+
+    def _check_X(self, X, name="X"):
+        check_is_fitted(self)
+        if name != "X":
+            if np.ndim(X) == 2 and np.shape(X)[0] == 0:
+                raise ValueError(f"{name} has 0 samples; pass at least one row of calibration data.")
+            try:
+                X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        elif not self._is_plain_input(X):
+            X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        return np.ascontiguousarray(X, dtype=self._dtype)
+
+    def _is_plain_input(self, X) -> bool:
+        """A finite float ndarray of the fitted width: what validate_data would accept as is.
+
+        Skipping validate_data for it saves ~0.1 ms per call (measured), which
+        is a visible share of a sparse batch-1 prediction. Anything else takes
+        the full scikit-learn validation and its error messages.
+        """
+        return (type(X) is np.ndarray and X.ndim == 2 and X.dtype in (np.float32, np.float64)
+                and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
+                and not hasattr(self, "feature_names_in_") and bool(np.isfinite(X).all()))
+
+    def _check_Xy_more(self, X, y):
+        """Validate X, y for fine-tuning an already fitted model."""
+        check_is_fitted(self)
+        X, y = validate_data(self, X, y, reset=False, dtype=(np.float64, np.float32),
+                             multi_output=self._loss == "squared_error", y_numeric=self._loss == "squared_error")
+        return np.ascontiguousarray(X, dtype=self._dtype), self._encode_y(y, fitting=False)
+
+    # -- forward / backward --------------------------------------------------
+    def _forward(self, X) -> np.ndarray:
+        """Raw output (before the output activation) through the inference dispatcher."""
+        return self._hidden_activations(X, len(self.layers_) - 1)
+
+    def _hidden_activations(self, X, upto: int) -> np.ndarray:
+        """Output of layer ``upto`` (0-based; hidden layers activated, the last one raw)."""
+        H = X
+        last = len(self.layers_) - 1
+        for i in range(upto + 1):
+            H = _layer_forward(self.layers_[i], H, self.activation if i < last else None)
+        return H
+
+    def _batch_size(self, n):
+        return min(200, n) if isinstance(self.batch_size, str) else min(int(self.batch_size), n)
+
+    def _loss_value(self, out, Y, Ws, n):
+        if self._loss == "squared_error":
+            loss = 0.5 * float(np.mean(np.sum((out - Y) ** 2, axis=1)))
+        else:
+            eps = np.finfo(out.dtype).eps
+            P = np.clip(out, eps, 1 - eps)
+            if out.shape[1] == 1:
+                loss = -float(np.mean(Y * np.log(P) + (1 - Y) * np.log(1 - P))) * 1.0
+            else:
+                loss = -float(np.sum(Y * np.log(P))) / n
+        reg = sum(float(np.dot(W.ravel(), W.ravel())) for W in Ws)
+        return loss + 0.5 * self.alpha * reg / n
+
+    def _train(self, X, Y, **kw):
+        """Minibatch training of dense weights; ``masks[l]`` keeps pruned weights at zero.
+
+        Returns (Ws, bs, n_iter, loss_curve, validation_scores, final_masks).
+        """
+        # A minibatch GEMM of this size does not amortise waking a second BLAS
+        # thread, and on a busy 2-core machine (or next to spinning numba/OpenMP
+        # threads) two BLAS threads made digits training 5-10x slower than one.
+        if max(layer.shape[0] * layer.shape[1] for layer in self.layers_) <= _SMALL_GEMM:
+            with threadpool_limits(limits=1, user_api="blas"):
+                return self._train_loop(X, Y, **kw)
+        return self._train_loop(X, Y, **kw)
+
+    def _train_loop(self, X, Y, *, epochs, lr, masks, rng, stop_early, on_epoch=None, y_val=None, X_val=None):
+        Ws = [layer.dense_weight().astype(np.float32 if X.dtype == np.float32 else X.dtype, copy=True)
+              for layer in self.layers_]
+        bs = [np.array(layer.bias, dtype=Ws[0].dtype, copy=True) for layer in self.layers_]
+        masks = list(masks)
+        for W, mask in zip(Ws, masks):
+            if mask is not None:
+                W *= mask
+        params = [p for pair in zip(Ws, bs) for p in pair]
+        if self.solver == "adam":
+            opt = _Adam(params, lr, self.beta_1, self.beta_2, self.epsilon)
+        else:
+            opt = _SGD(params, lr, self.momentum, self.nesterovs_momentum)
+        n = X.shape[0]
+        bsz = self._batch_size(n)
+        out_act = _ACT[self.out_activation_]
+        hid_act = _ACT[self.activation]
+        L = len(Ws)
+        loss_curve, val_scores = [], []
+        best_loss, best_val, no_improve = np.inf, -np.inf, 0
+        best_params = None
+        idx = np.arange(n)
+        it = 0
+        for it in range(1, epochs + 1):
+            if on_epoch is not None:
+                new_masks = on_epoch(it - 1, Ws)
+                if new_masks is not None:
+                    masks = new_masks
+                    opt.apply_masks(masks)
+            if self.shuffle:
+                rng.shuffle(idx)
+            total = 0.0
+            for start in range(0, n, bsz):
+                sl = idx[start:start + bsz]
+                Xb, Yb = X[sl], Y[sl]
+                m = Xb.shape[0]
+                acts = [Xb]
+                for l in range(L):
+                    Z = acts[-1] @ Ws[l].T
+                    Z += bs[l]
+                    acts.append(hid_act(Z) if l < L - 1 else out_act(Z))
+                total += self._loss_value(acts[-1], Yb, Ws, m) * m
+                delta = acts[-1] - Yb
+                grads = [None] * (2 * L)
+                for l in range(L - 1, -1, -1):
+                    gW = delta.T @ acts[l]
+                    gW += self.alpha * Ws[l]
+                    gW /= m
+                    if masks[l] is not None:
+                        gW *= masks[l]
+                    grads[2 * l] = gW
+                    grads[2 * l + 1] = delta.mean(axis=0)
+                    if l > 0:
+                        delta = _act_derivative(self.activation, acts[l], delta @ Ws[l])
+                opt.step(params, grads)
+                for W, mask in zip(Ws, masks):
+                    if mask is not None:
+                        W *= mask  # exact zeros, whatever rounding the optimiser did
+            loss = total / n
+            loss_curve.append(loss)
+            if not np.isfinite(loss):
+                raise ValueError("Training diverged (loss is not finite); lower 'learning_rate_init'.")
+            if not stop_early:
+                continue
+            if X_val is not None:
+                score = self._val_score(Ws, bs, X_val, y_val)
+                val_scores.append(score)
+                no_improve = no_improve + 1 if score < best_val + self.tol else 0
+                if score > best_val:
+                    best_val = score
+                    best_params = ([W.copy() for W in Ws], [b.copy() for b in bs])
+            else:
+                no_improve = no_improve + 1 if loss > best_loss - self.tol else 0
+                best_loss = min(best_loss, loss)
+            if no_improve > self.n_iter_no_change:
+                break
+        else:
+            if stop_early:
+                warnings.warn(f"Stochastic optimizer: maximum iterations ({epochs}) reached and the "
+                              "optimization hasn't converged yet.", ConvergenceWarning)
+        if best_params is not None:
+            Ws, bs = best_params
+        return Ws, bs, it, loss_curve, val_scores, masks
+
+    def _val_score(self, Ws, bs, X_val, y_val):
+        H = X_val
+        for l in range(len(Ws)):
+            H = H @ Ws[l].T + bs[l]
+            if l < len(Ws) - 1:
+                H = _ACT[self.activation](H)
+        return self._score_raw(H, y_val)
+
+    def _set_layers(self, Ws, bs, masks):
+        layers = []
+        for W, b, mask in zip(Ws, bs, masks):
+            if mask is None:
+                layers.append(Layer(np.ascontiguousarray(W), b))
+            else:
+                layers.append(Layer(_masked_csr(W, mask), b))
+        self.layers_ = layers
+
+    def _masks(self):
+        masks = []
+        for layer in self.layers_:
+            if layer.is_sparse:
+                m = np.zeros(layer.shape, dtype=self._dtype)
+                W = layer.weight.tocoo()
+                m[W.row, W.col] = 1
+                masks.append(m)
+            else:
+                masks.append(None)
+        return masks
+
+    # -- fit -------------------------------------------------------------------
+    def fit(self, X, y):
+        """Train the network on (X, y) with minibatch Adam or SGD.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) (or (n_samples, n_outputs) for the regressor)
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        X, y = validate_data(self, X, y, reset=True, dtype=(np.float64, np.float32),
+                             multi_output=self._loss == "squared_error", y_numeric=self._loss == "squared_error")
+        if X.shape[0] < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 samples to fit; got n_samples={X.shape[0]}.")
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        Y = self._encode_y(y, fitting=True)
+        rng = check_random_state(self.random_state)
+        sizes = [X.shape[1], *_check_hidden_sizes(self.hidden_layer_sizes), Y.shape[1]]
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        layers = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = math.sqrt(factor / (fan_in + fan_out))
+            W = rng.uniform(-bound, bound, (fan_in, fan_out)).T.astype(np.float32)
+            b = rng.uniform(-bound, bound, fan_out).astype(np.float32)
+            layers.append(Layer(np.ascontiguousarray(W), b))
+        self.layers_ = layers
+        self.n_layers_ = len(sizes)
+        self.n_outputs_ = Y.shape[1]
+        X_val = y_val = None
+        if self.early_stopping:
+            strat = y if self._loss == "log_loss" else None
+            X, X_val, Y, Y_val, y_tr, y_val = train_test_split(
+                X, Y, y, test_size=self.validation_fraction, random_state=rng.randint(np.iinfo(np.int32).max),
+                stratify=strat)
+            if X_val.shape[0] < 1 or X.shape[0] < 1:
+                raise ValueError("The 'validation_fraction' leaves no training or validation samples.")
+        masks = [None] * len(layers)
+        Ws, bs, n_iter, curve, val, _ = self._train(
+            X, Y, epochs=int(self.max_iter), lr=float(self.learning_rate_init), masks=masks, rng=rng,
+            stop_early=True, X_val=X_val, y_val=y_val)
+        self._set_layers(Ws, bs, masks)
+        self.n_iter_ = n_iter
+        self.loss_curve_ = curve
+        self.loss_ = curve[-1]
+        self.best_loss_ = None if self.early_stopping else float(min(curve))
+        self.validation_scores_ = val if self.early_stopping else None
+        self.best_validation_score_ = max(val) if self.early_stopping and val else None
+        return self
+
+    # -- pruning ---------------------------------------------------------------
+    def prune(self, sparsity: float | None = None, threshold: float | None = None, scope: str = "global"):
+        """One-shot magnitude pruning of every layer's weights (biases are kept).
+
+        Uses :func:`sparseprune.global_magnitude_prune` (``scope="global"``: one
+        magnitude threshold over all layers), :func:`sparseprune.magnitude_prune`
+        (``scope="layer"``: the same sparsity in each layer) or
+        :func:`sparseprune.threshold_mask` (``threshold``: drop |w| < threshold).
+        Pruned layers become ``csr_array``.
+
+        Parameters
+        ----------
+        sparsity : float in [0, 1), optional
+            Fraction of weights set to zero. Give exactly one of ``sparsity`` and ``threshold``.
+        threshold : float >= 0, optional
+            Magnitude below which weights are removed.
+        scope : {"global", "layer"}
+            How ``sparsity`` is distributed (ignored for ``threshold``).
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self)
+        _check_choice(scope, "scope", ("global", "layer"))
+        if (sparsity is None) == (threshold is None):
+            raise ValueError("Pass exactly one of 'sparsity' and 'threshold'.")
+        dense = [layer.dense_weight() for layer in self.layers_]
+        if threshold is not None:
+            t = check_number(threshold, "threshold", low=0.0)
+            new = [threshold_mask(W, t) for W in dense]
+        else:
+            s = _check_sparsity(sparsity)
+            new = _prune_global(dense, s) if scope == "global" else [_prune_layer(W, s) for W in dense]
+        for layer, W in zip(self.layers_, new):
+            W = sparse.csr_array(W)
+            W.sort_indices()
+            layer.weight = W
+        return self
+
+    def fine_tune(self, X, y, epochs: int = 10, learning_rate: float | None = None):
+        """Masked training: continue training while pruned weights stay exactly zero.
+
+        Sparse layers are trained as a dense weight times a fixed 0/1 mask
+        (gradients and optimiser moments are masked) and written back as CSR with
+        the same structure; dense layers train freely.
+
+        Parameters
+        ----------
+        X, y : training data.
+        epochs : int >= 1
+            Passes over the data.
+        learning_rate : float > 0, optional
+            Defaults to ``learning_rate_init``.
+
+        Returns
+        -------
+        self
+        """
+        epochs = check_int(epochs, "epochs", low=1)
+        lr = self.learning_rate_init if learning_rate is None else learning_rate
+        lr = check_number(lr, "learning_rate", low=0.0, low_inclusive=False)
+        X, Y = self._check_Xy_more(X, y)
+        masks = self._masks()
+        Ws, bs, *_ = self._train(X, Y, epochs=epochs, lr=lr, masks=masks,
+                                 rng=check_random_state(self.random_state), stop_early=False)
+        self._set_layers(Ws, bs, masks)
+        return self
+
+    def gradual_prune(self, X, y, sparsity: float, epochs: int = 30, scope: str = "global",
+                      initial_sparsity: float = 0.0, pruning_epochs: int | None = None,
+                      learning_rate: float | None = None):
+        """Gradual magnitude pruning interleaved with masked training (Zhu & Gupta 2017).
+
+        At the start of epoch t < n (n = ``pruning_epochs``) the target sparsity is
+        ``s_t = s_f + (s_i - s_f) * (1 - (t + 1) / n) ** 3`` and the weights are
+        magnitude-pruned to it (``scope`` as in :meth:`prune`, through the
+        masking functions); the remaining epochs fine-tune at ``s_f``. Pruned
+        weights are masked in gradients and optimiser moments and stay exactly zero.
+
+        Parameters
+        ----------
+        X, y : training data.
+        sparsity : float in [0, 1)
+            Final sparsity ``s_f``.
+        epochs : int >= 1
+            Total training epochs.
+        scope : {"global", "layer"}
+        initial_sparsity : float in [0, sparsity]
+            ``s_i``.
+        pruning_epochs : int in [1, epochs], optional
+            Epochs over which sparsity ramps; default ``ceil(2 * epochs / 3)``.
+        learning_rate : float > 0, optional
+            Defaults to ``learning_rate_init``.
+
+        Returns
+        -------
+        self
+        """
+        s_f = _check_sparsity(sparsity)
+        s_i = check_number(initial_sparsity, "initial_sparsity", low=0.0, high=s_f)
+        epochs = check_int(epochs, "epochs", low=1)
+        _check_choice(scope, "scope", ("global", "layer"))
+        n_prune = math.ceil(2 * epochs / 3) if pruning_epochs is None else pruning_epochs
+        n_prune = check_int(n_prune, "pruning_epochs", low=1, high=epochs)
+        lr = self.learning_rate_init if learning_rate is None else learning_rate
+        lr = check_number(lr, "learning_rate", low=0.0, low_inclusive=False)
+        X, Y = self._check_Xy_more(X, y)
+        masks = self._masks()
+        dtype = X.dtype
+        sched = [s_f + (s_i - s_f) * (1 - (t + 1) / n_prune) ** 3 for t in range(n_prune)]
+        self.sparsity_schedule_ = sched
+
+        def on_epoch(t, Ws):
+            if t >= n_prune:
+                return None
+            s = sched[t]
+            pruned = (_prune_global(Ws, s) if scope == "global" else [_prune_layer(W, s) for W in Ws])
+            new_masks = []
+            for W, P in zip(Ws, pruned):
+                P = sparse.csr_array(P).tocoo()
+                m = np.zeros(W.shape, dtype=dtype)
+                m[P.row, P.col] = 1
+                W *= m
+                new_masks.append(m)
+            return new_masks
+
+        Ws, bs, *_, final_masks = self._train(X, Y, epochs=epochs, lr=lr, masks=masks,
+                                              rng=check_random_state(self.random_state), stop_early=False,
+                                              on_epoch=on_epoch)
+        self._set_layers(Ws, bs, final_masks)
+        return self
+
+    # -- neuron elimination ------------------------------------------------------
+    def eliminate_neurons(self, X_calib, criterion: str = "apoz", threshold: float | None = None,
+                          fraction: float | None = None, weights: str = "outgoing", fold_mean: bool = True):
+        """Physically remove hidden neurons, layer by layer, from the first hidden layer on.
+
+        Scores come from :func:`sparseprune.neurons.activation_scores` (over the
+        calibration batch) or :func:`sparseprune.neurons.weight_norm_scores`;
+        removal uses :func:`sparseprune.neurons.remove_neurons` (dense or CSR).
+        Neurons whose activation is constant on ``X_calib`` (dead ReLUs included)
+        are always removed and folded exactly into the next bias. Each layer keeps
+        at least one neuron. Later layers are scored on the already reduced model.
+
+        Parameters
+        ----------
+        X_calib : array-like of shape (n_samples, n_features)
+            Calibration data (at least one row).
+        criterion : {"apoz", "mean_abs", "max_abs", "l1", "l2"}
+            ``"apoz"`` removes neurons with a high fraction of zero activations
+            (APoZ > threshold); the others remove neurons with a low score
+            (mean |a|, max |a|, or the L1/L2 norm of the neuron's weights) < threshold.
+        threshold : float, optional
+        fraction : float in [0, 1), optional
+            Remove this fraction of each hidden layer's neurons (worst scores first).
+            With neither ``threshold`` nor ``fraction`` only constant neurons go.
+        weights : {"outgoing", "incoming"}
+            Which weights ``"l1"``/``"l2"`` measure.
+        fold_mean : bool
+            Fold the mean activation of removed non-constant neurons into the
+            next bias (a first-order compensation); constant neurons are always
+            folded with their exact value.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self)
+        _check_choice(criterion, "criterion", ("apoz", "mean_abs", "max_abs", "l1", "l2"))
+        _check_choice(weights, "weights", ("outgoing", "incoming"))
+        if threshold is not None and fraction is not None:
+            raise ValueError("Pass at most one of 'threshold' and 'fraction'.")
+        if threshold is not None:
+            threshold = check_number(threshold, "threshold")
+        if fraction is not None:
+            fraction = _check_sparsity(fraction, "fraction")
+        X = self._check_X(X_calib, "X_calib")
+        if not np.isfinite(X).all():
+            raise ValueError("X_calib contains NaN or inf; pass finite calibration data.")
+        removed = []
+        for l in range(len(self.layers_) - 1):
+            A = np.asarray(self._hidden_activations(X, l))
+            st = activation_scores(A)
+            n = A.shape[1]
+            if criterion in ("l1", "l2"):
+                W = self.layers_[l + 1].weight if weights == "outgoing" else self.layers_[l].weight
+                score = weight_norm_scores(W, ord=int(criterion[1]), direction=weights)
+            elif criterion == "apoz":
+                score = -st["apoz"]  # high APoZ = bad = low score
+            else:
+                score = st[criterion]
+            drop = st["constant"].copy()
+            if threshold is not None:
+                drop |= (st["apoz"] > threshold) if criterion == "apoz" else (score < threshold)
+            if fraction is not None:
+                k = int(math.floor(fraction * n))
+                drop[np.argsort(score, kind="stable")[:k]] = True
+            if drop.all():
+                drop[int(np.argmax(score))] = False
+            values = np.where(st["constant"], st["value"], st["value"] if fold_mean else 0.0)
+            a, b = self.layers_[l], self.layers_[l + 1]
+            W1, b1, W2, b2 = remove_neurons(a.weight, a.bias, b.weight, b.bias, ~drop, values)
+            self.layers_[l] = Layer(W1, b1)
+            self.layers_[l + 1] = Layer(W2, b2)
+            removed.append(int(drop.sum()))
+        self.neurons_removed_ = removed
+        return self
+
+    # -- reporting ----------------------------------------------------------------
+    def sparsity_report(self, batch_size: int = 256) -> list[dict[str, Any]]:
+        """Per-layer and total storage and compute figures.
+
+        Parameters
+        ----------
+        batch_size : int
+            Batch size for which the dispatcher's dense/sparse choice is reported.
+
+        Returns
+        -------
+        rows : list of dict
+            One row per layer then a ``"total"`` row, with keys ``layer``,
+            ``shape``, ``nnz``, ``density``, ``dense_bytes`` (out*in*itemsize),
+            ``csr_bytes`` (data + indices + indptr; None for a dense layer; the
+            total row counts dense layers at their dense bytes, i.e. the model as stored),
+            ``flops_dense`` (2*out*in per sample), ``flops_sparse`` (2*nnz per
+            sample), ``bias_params``, ``format`` ("dense"/"csr") and ``path``
+            ("dense" or "sparse": what :func:`sparseprune.explain` says the
+            dispatcher picks for this layer at ``batch_size``).
+        """
+        check_is_fitted(self)
+        batch_size = check_int(batch_size, "batch_size", low=1)
+        rows = []
+        for i, layer in enumerate(self.layers_):
+            out, inp = layer.shape
+            W = layer.weight
+            item = W.dtype.itemsize
+            if layer.is_sparse:
+                csr_bytes = int(W.data.nbytes + W.indices.nbytes + W.indptr.nbytes)
+            else:
+                csr_bytes = None
+            nnz = layer.nnz
+            rows.append(dict(layer=i, shape=(out, inp), nnz=nnz, density=nnz / max(1, out * inp),
+                             dense_bytes=out * inp * item, csr_bytes=csr_bytes, flops_dense=2 * out * inp,
+                             flops_sparse=2 * nnz, bias_params=out, format="csr" if layer.is_sparse else "dense",
+                             path=_dispatch_choice(W, batch_size)))
+        tot_size = sum(r["shape"][0] * r["shape"][1] for r in rows)
+        nnz = sum(r["nnz"] for r in rows)
+        rows.append(dict(layer="total", shape=None, nnz=nnz, density=nnz / max(1, tot_size),
+                         dense_bytes=sum(r["dense_bytes"] for r in rows),
+                         csr_bytes=sum(r["csr_bytes"] if r["csr_bytes"] is not None else r["dense_bytes"]
+                                       for r in rows),
+                         flops_dense=sum(r["flops_dense"] for r in rows),
+                         flops_sparse=sum(r["flops_sparse"] for r in rows),
+                         bias_params=sum(r["bias_params"] for r in rows), format=None, path=None))
+        return rows
+
+    # -- persistence ---------------------------------------------------------------
+    def save(self, path) -> None:
+        """Save the fitted model to an ``.npz`` file (no pickle; load with :func:`sparseprune.load`)."""
+        check_is_fitted(self)
+        params = self.get_params()
+        params["hidden_layer_sizes"] = list(_check_hidden_sizes(params["hidden_layer_sizes"]))
+        if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
+            params["random_state"] = None
+        params["random_state"] = None if params["random_state"] is None else int(params["random_state"])
+        meta = dict(format="sparseprune.mlp", version=1, estimator=type(self).__name__, params=params,
+                    n_features_in=int(self.n_features_in_), out_activation=self.out_activation_,
+                    n_layers=len(self.layers_), y_ndim=int(getattr(self, "_y_ndim", 1)),
+                    n_iter=int(getattr(self, "n_iter_", 0)))
+        arrays = {"meta": np.array(json.dumps(meta))}
+        if hasattr(self, "classes_"):
+            classes = np.asarray(self.classes_)
+            if classes.dtype == object:
+                if not all(isinstance(c, str) for c in classes):
+                    raise ValueError("Only numeric or string class labels can be saved without pickle.")
+                classes = classes.astype(str)
+            arrays["classes"] = classes
+        for i, layer in enumerate(self.layers_):
+            arrays[f"b{i}"] = np.asarray(layer.bias)
+            if layer.is_sparse:
+                W = layer.weight
+                arrays[f"w{i}_data"] = W.data
+                arrays[f"w{i}_indices"] = W.indices
+                arrays[f"w{i}_indptr"] = W.indptr
+                arrays[f"w{i}_shape"] = np.array(W.shape, dtype=np.int64)
+            else:
+                arrays[f"w{i}"] = np.asarray(layer.weight)
+        np.savez(path, **arrays)
+
+    # -- scikit-learn interop -------------------------------------------------------
+    @classmethod
+    def from_sklearn(cls, est):
+        """Build a model from a fitted scikit-learn ``MLPClassifier``/``MLPRegressor`` (weights copied)."""
+        from sklearn.neural_network import MLPClassifier as SkC
+        from sklearn.neural_network import MLPRegressor as SkR
+
+        want = SkC if cls._loss == "log_loss" else SkR
+        if not isinstance(est, want):
+            raise TypeError(f"est must be a fitted sklearn.neural_network.{want.__name__}. Got {type(est).__name__}.")
+        check_is_fitted(est)
+        if want is SkC and getattr(est._label_binarizer, "y_type_", "") == "multilabel-indicator":
+            raise ValueError("Multilabel MLPClassifier models are not supported.")
+        sk = est.get_params()
+        params = {k: sk[k] for k in _SK_PARAMS if k in sk}
+        if params.get("solver") not in ("adam", "sgd"):
+            params["solver"] = "adam"
+        model = cls(**params)
+        model.layers_ = [Layer(np.ascontiguousarray(np.asarray(c).T), np.array(b, copy=True))
+                         for c, b in zip(est.coefs_, est.intercepts_)]
+        model.n_features_in_ = int(est.n_features_in_)
+        if hasattr(est, "feature_names_in_"):
+            model.feature_names_in_ = est.feature_names_in_
+        model.out_activation_ = est.out_activation_
+        model.n_layers_ = est.n_layers_
+        model.n_outputs_ = est.n_outputs_
+        model.n_iter_ = est.n_iter_
+        if want is SkC:
+            model.classes_ = np.asarray(est.classes_)
+        else:
+            model._y_ndim = 1 if est.n_outputs_ == 1 else 2
+        return model
+
+    def to_sklearn(self):
+        """A fitted scikit-learn ``MLPClassifier``/``MLPRegressor`` with this model's (densified) weights."""
+        check_is_fitted(self)
+        from sklearn.neural_network import MLPClassifier as SkC
+        from sklearn.neural_network import MLPRegressor as SkR
+        from sklearn.preprocessing import LabelBinarizer
+
+        params = {k: getattr(self, k) for k in _SK_PARAMS}
+        params["hidden_layer_sizes"] = tuple(layer.shape[0] for layer in self.layers_[:-1])
+        est = (SkC if self._loss == "log_loss" else SkR)(**params)
+        est.coefs_ = [np.ascontiguousarray(layer.dense_weight().T) for layer in self.layers_]
+        est.intercepts_ = [np.array(layer.bias, copy=True) for layer in self.layers_]
+        est.n_features_in_ = self.n_features_in_
+        est.n_layers_ = len(self.layers_) + 1
+        est.n_outputs_ = self.layers_[-1].shape[0]
+        est.out_activation_ = self.out_activation_
+        est.n_iter_ = getattr(self, "n_iter_", 0)
+        est.t_ = 0
+        est.loss_ = getattr(self, "loss_", None)
+        if self._loss == "log_loss":
+            est.classes_ = self.classes_
+            est._label_binarizer = LabelBinarizer().fit(self.classes_)
+        return est
+
+
+def _masked_csr(W, mask):
+    """CSR of ``W`` with exactly the mask's structure (a weight trained to 0 stays stored).
+
+    Row-major ``nonzero`` order gives sorted column indices; index dtype follows
+    scipy's rule (int32 unless the size needs int64), as the masking functions do.
+    """
+    keep = mask != 0
+    rows, cols = np.nonzero(keep)
+    idx = index_dtype(rows.size, *W.shape)
+    indptr = np.zeros(W.shape[0] + 1, dtype=idx)
+    np.cumsum(np.count_nonzero(keep, axis=1), out=indptr[1:])
+    return sparse.csr_array((W[rows, cols], cols.astype(idx), indptr), shape=W.shape)
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier whose pruned layers run sparse kernels.
+
+    Softmax cross-entropy (logistic output for two classes, like scikit-learn),
+    minibatch Adam or SGD in numpy (float32), prediction through
+    :func:`sparseprune.linear`. Parameters follow
+    :class:`sklearn.neural_network.MLPClassifier` (only ``learning_rate="constant"``).
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(100,)
+    activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
+    solver : {"adam", "sgd"}, default="adam"
+    alpha : float, default=1e-4
+        L2 penalty.
+    batch_size : int or "auto", default="auto"
+        ``min(200, n_samples)`` for "auto".
+    learning_rate_init : float, default=1e-3
+    max_iter : int, default=200
+        Epochs.
+    shuffle : bool, default=True
+    random_state : int, RandomState or None
+    tol : float, default=1e-4
+    early_stopping : bool, default=False
+    validation_fraction : float, default=0.1
+    beta_1, beta_2, epsilon : Adam parameters
+    n_iter_no_change : int, default=10
+    momentum : float, default=0.9
+    nesterovs_momentum : bool, default=True
+
+    Attributes
+    ----------
+    layers_ : list of Layer
+        ``.weight`` (out, in) ndarray or csr_array and ``.bias`` per layer.
+    classes_ : ndarray
+    n_iter_, loss_, loss_curve_, best_loss_, validation_scores_, best_validation_score_,
+    n_features_in_, n_layers_, n_outputs_, out_activation_
+    """
+
+    _loss = "log_loss"
+
+    def _encode_y(self, y, fitting):
+        y = column_or_1d(y, warn=True)
+        if fitting:
+            check_classification_targets(y)
+            kind = type_of_target(y)
+            if kind not in ("binary", "multiclass"):
+                raise ValueError(f"Only binary and multiclass targets are supported. Got {kind!r} target y.")
+            self.classes_ = np.unique(y)
+            if self.classes_.size < 2:
+                raise ValueError("y contains only one class "
+                                 f"({self.classes_[0]!r}); a classifier needs samples of at least 2 classes.")
+            self.out_activation_ = "logistic" if self.classes_.size == 2 else "softmax"
+        idx = np.searchsorted(self.classes_, y)
+        idx = np.clip(idx, 0, self.classes_.size - 1)
+        if not np.array_equal(self.classes_[idx], y):
+            raise ValueError(f"y contains labels not seen during fit; known classes are {self.classes_.tolist()}.")
+        if self.classes_.size == 2:
+            return idx.astype(np.float32).reshape(-1, 1)
+        Y = np.zeros((y.shape[0], self.classes_.size), dtype=np.float32)
+        Y[np.arange(y.shape[0]), idx] = 1
+        return Y
+
+    def _score_raw(self, H, y_val):
+        P = _ACT[self.out_activation_](np.array(H, copy=True))
+        return float(np.mean(self._labels(P) == y_val))
+
+    def _labels(self, P):
+        if P.shape[1] == 1:
+            return self.classes_[(P[:, 0] > 0.5).astype(int)]
+        return self.classes_[np.argmax(P, axis=1)]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape (n_samples, n_classes).
+
+        Each layer runs through :func:`sparseprune.linear` (dense layers: BLAS)
+        or a cached :class:`sparseprune.SparseLinear` (CSR layers), i.e. the
+        kernels ``sparseprune.kernels.spmm.spmm_kernel`` / ``spmv`` when the
+        dispatcher picks the sparse path.
+        """
+        X = self._check_X(X)
+        P = _ACT[self.out_activation_](np.array(self._forward(X), copy=True))
+        if P.shape[1] == 1:
+            P = np.hstack([1 - P, P])
+        return P
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Log of :meth:`predict_proba`."""
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class labels (forward pass as in :meth:`predict_proba`)."""
+        X = self._check_X(X)
+        P = _ACT[self.out_activation_](np.array(self._forward(X), copy=True))
+        return self._labels(P)
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor (squared error) whose pruned layers run sparse kernels.
+
+    Same parameters, attributes and pruning API as :class:`MLPClassifier`;
+    identity output, multi-output ``y`` supported.
+    """
+
+    _loss = "squared_error"
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    def _encode_y(self, y, fitting):
+        y = np.asarray(y)
+        if fitting:
+            self._y_ndim = y.ndim
+            self.out_activation_ = "identity"
+        Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if not fitting and Y.shape[1] != self.layers_[-1].shape[0]:
+            raise ValueError(f"y has {Y.shape[1]} outputs but the model was fitted with {self.layers_[-1].shape[0]}.")
+        if not np.isfinite(Y).all():
+            raise ValueError("Input y contains NaN or infinity.")
+        return np.ascontiguousarray(Y, dtype=np.float32)
+
+    def _score_raw(self, H, y_val):
+        from sklearn.metrics import r2_score
+        return float(r2_score(y_val, H if self._y_ndim == 2 else H[:, 0]))
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted values, shape (n_samples,) or (n_samples, n_outputs), float64.
+
+        Each layer runs through :func:`sparseprune.linear` or a cached
+        :class:`sparseprune.SparseLinear` (kernels ``sparseprune.kernels.spmm``).
+        """
+        X = self._check_X(X)
+        # float64 like scikit-learn's regressors, whatever precision the layers run in.
+        out = np.asarray(self._forward(X), dtype=np.float64)
+        return out[:, 0].copy() if getattr(self, "_y_ndim", 1) == 1 else out
+
+
+def from_sklearn(est):
+    """Convert a fitted scikit-learn MLPClassifier or MLPRegressor (see ``from_sklearn`` classmethods)."""
+    from sklearn.neural_network import MLPClassifier as SkC
+
+    return (MLPClassifier if isinstance(est, SkC) else MLPRegressor).from_sklearn(est)
+
+
+# ---------------------------------------------------------------------------
+# Loading (never unpickles)
+# ---------------------------------------------------------------------------
+def _bad(path, why):
+    return ValueError(f"{path!s} is not a valid sparseprune MLP file: {why}")
+
+
+def load(path):
+    """Load a model written by ``MLPClassifier.save`` / ``MLPRegressor.save``.
+
+    Reads with ``np.load(..., allow_pickle=False)`` only and checks every array
+    (names, dtypes, shapes, CSR structure, finiteness) before building the
+    model, so a corrupted, truncated or hand-crafted file raises ``ValueError``
+    and can never execute code.
+
+    Parameters
+    ----------
+    path : str or path-like or file-like
+
+    Returns
+    -------
+    MLPClassifier or MLPRegressor
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
+        raise _bad(path, f"cannot read it as a pickle-free .npz archive ({type(exc).__name__}: {exc}).") from None
+    if "meta" not in arrays:
+        raise _bad(path, "no 'meta' entry.")
+    meta_arr = arrays["meta"]
+    if meta_arr.dtype.kind != "U" or meta_arr.shape != ():
+        raise _bad(path, "'meta' must be a 0-d unicode string.")
+    try:
+        meta = json.loads(str(meta_arr))
+    except ValueError as exc:
+        raise _bad(path, f"'meta' is not valid JSON ({exc}).") from None
+    if not isinstance(meta, dict) or meta.get("format") != "sparseprune.mlp" or meta.get("version") != 1:
+        raise _bad(path, "unknown format or version.")
+    classes = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}
+    cls = classes.get(meta.get("estimator"))
+    if cls is None:
+        raise _bad(path, f"unknown estimator {meta.get('estimator')!r}.")
+    params = meta.get("params")
+    if not isinstance(params, dict) or set(params) - set(_SK_PARAMS):
+        raise _bad(path, "'params' must be a dict of known hyperparameters.")
+    if isinstance(params.get("hidden_layer_sizes"), list):
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    try:
+        model = cls(**params)
+        model._validate_params()
+        n_layers = check_int(meta.get("n_layers"), "n_layers", low=1, high=1000)
+        n_features = check_int(meta.get("n_features_in"), "n_features_in", low=1)
+        y_ndim = check_int(meta.get("y_ndim", 1), "y_ndim", low=1, high=2)
+        out_act = _check_choice(meta.get("out_activation"), "out_activation", ("softmax", "logistic", "identity"))
+    except (TypeError, ValueError) as exc:
+        raise _bad(path, str(exc)) from None
+    expected = {"meta"} | ({"classes"} if cls is MLPClassifier else set())
+    layers = []
+    prev = n_features
+    for i in range(n_layers):
+        b = arrays.get(f"b{i}")
+        if f"w{i}" in arrays:
+            names = [f"w{i}"]
+            W = arrays[f"w{i}"]
+            if W.dtype not in (np.float32, np.float64) or W.ndim != 2:
+                raise _bad(path, f"w{i} must be a 2-D float32/float64 array.")
+            W = np.ascontiguousarray(W)
+        else:
+            names = [f"w{i}_data", f"w{i}_indices", f"w{i}_indptr", f"w{i}_shape"]
+            if any(k not in arrays for k in names):
+                raise _bad(path, f"layer {i} has no weight arrays.")
+            d, ind, ptr, shp = (arrays[k] for k in names)
+            if d.dtype not in (np.float32, np.float64) or d.ndim != 1:
+                raise _bad(path, f"w{i}_data must be a 1-D float array.")
+            if ind.dtype.kind != "i" or ptr.dtype.kind != "i" or ind.ndim != 1 or ptr.ndim != 1:
+                raise _bad(path, f"w{i}_indices/indptr must be 1-D integer arrays.")
+            if shp.dtype.kind != "i" or shp.shape != (2,) or (shp < 0).any():
+                raise _bad(path, f"w{i}_shape must be two non-negative ints.")
+            rows, cols = int(shp[0]), int(shp[1])
+            if (ptr.size != rows + 1 or ptr[0] != 0 or ptr[-1] != d.size or ind.size != d.size
+                    or (np.diff(ptr) < 0).any() or (ind.size and (ind.min() < 0 or ind.max() >= cols))):
+                raise _bad(path, f"layer {i} CSR structure is inconsistent.")
+            W = sparse.csr_array((d, ind, ptr), shape=(rows, cols))
+            if not W.has_sorted_indices:
+                W.sort_indices()
+            if any(np.any(np.diff(W.indices[ptr[r]:ptr[r + 1]]) == 0) for r in range(rows)):
+                raise _bad(path, f"layer {i} CSR has duplicate entries.")
+        expected.update(names + [f"b{i}"])
+        if b is None or b.dtype != W.dtype or b.shape != (W.shape[0],):
+            raise _bad(path, f"b{i} must be a float array of shape ({W.shape[0]},) with the weight's dtype.")
+        if W.shape[1] != prev or W.shape[0] < 1:
+            raise _bad(path, f"layer {i} has shape {W.shape}; expected {prev} inputs.")
+        data = W.data if sparse.issparse(W) else W
+        if not (np.isfinite(data).all() and np.isfinite(b).all()):
+            raise _bad(path, f"layer {i} contains NaN or inf.")
+        if layers and W.dtype != layers[0].weight.dtype:
+            raise _bad(path, "all layers must share one dtype.")
+        layers.append(Layer(W, np.ascontiguousarray(b)))
+        prev = W.shape[0]
+    if set(arrays) != expected:
+        raise _bad(path, f"unexpected or missing entries {sorted(set(arrays) ^ expected)}.")
+    model.layers_ = layers
+    model.n_features_in_ = n_features
+    model.n_layers_ = n_layers + 1
+    model.n_outputs_ = prev
+    model.out_activation_ = out_act
+    model.n_iter_ = int(meta.get("n_iter", 0)) if isinstance(meta.get("n_iter", 0), int) else 0
+    if cls is MLPClassifier:
+        c = arrays["classes"]
+        if c.ndim != 1 or c.dtype.kind not in "iufUb" or c.size < 2 or np.unique(c).size != c.size:
+            raise _bad(path, "'classes' must be a 1-D array of distinct numeric or string labels.")
+        want_out = 1 if c.size == 2 else c.size
+        if prev != want_out or out_act != ("logistic" if c.size == 2 else "softmax"):
+            raise _bad(path, "output layer does not match the classes.")
+        model.classes_ = c
+    else:
+        if out_act != "identity" or (y_ndim == 1 and prev != 1):
+            raise _bad(path, "a regressor needs an identity output (one unit for 1-D y).")
+        model._y_ndim = y_ndim
+    return model
