@@ -1,0 +1,926 @@
+"""The ``sparseprune`` command: ``demo`` (the pruning study) and ``bench`` (kernel sweeps).
+
+``sparseprune demo`` trains, prunes and times the project's models on one
+dataset and writes ``results.json`` plus PNG plots; ``sparseprune bench`` sweeps
+the kernels against numpy/scipy baselines. Both measure the way
+:mod:`sparseprune._measure` describes (warm-up excluded, interleaved repeats,
+median with IQR, BLAS and numba on the same thread count).
+
+Exit codes: 0 success; 1 a section failed or the data could not be read;
+2 bad usage (one line on stderr, no traceback); 130 interrupted (Ctrl-C), in
+which case no results file is left half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as _dt
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from sparseprune import _report as rp
+from sparseprune._measure import compare, machine_info
+from sparseprune._threading import get_num_threads, thread_limit
+from sparseprune.datasets import DATASETS, Dataset, load_dataset
+
+__all__ = ["main", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+DEFAULT_OUT = "sparseprune-results"
+DEFAULT_SPARSITIES = "0,0.5,0.8,0.9,0.95,0.98"
+QUICK_SPARSITIES = "0,0.5,0.9"
+DEMO_SECTIONS = ("mlp", "tree", "forest")
+BENCH_KERNELS = ("linear", "mask")
+
+
+class UsageError(Exception):
+    """Bad command-line usage: reported as one line on stderr, exit code 2."""
+
+
+class DataError(Exception):
+    """A data file exists but cannot be read (corrupt, truncated): one line on stderr, exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors raised as :class:`UsageError` instead of printing usage and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --------------------------------------------------------------- arg parsing
+def _float_list(name: str, low: float, high: float, *, low_inclusive: bool = True,
+                high_inclusive: bool = False) -> Callable[[str], list[float]]:
+    opening, closing = "[" if low_inclusive else "(", "]" if high_inclusive else ")"
+
+    def parse(text: str) -> list[float]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"empty {name} list; give comma-separated numbers like 0.5,0.9")
+        values = []
+        for item in items:
+            try:
+                v = float(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not a number; give comma-separated {name} "
+                                                 f"in {opening}{low:g}, {high:g}{closing}") from None
+            ok = (low <= v if low_inclusive else low < v) and (v <= high if high_inclusive else v < high)
+            if not ok:
+                raise argparse.ArgumentTypeError(
+                    f"{item} is not a {name[:-1]} in {opening}{low:g}, {high:g}{closing}; give comma-separated "
+                    f"fractions like 0.5,0.9")
+            values.append(v)
+        return sorted(set(values))
+
+    return parse
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers like 1,16,256")
+    return sorted(set(values))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return v
+
+
+def _choice_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(choices)} (comma-separated)")
+        return [c for c in choices if c in items]
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for ``sparseprune`` (exposed for docs and tests)."""
+    common = _Parser(add_help=False)
+    g = common.add_argument_group("shared options")
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads for BLAS and numba together (default: all cores numba sees)")
+    g.add_argument("--seed", type=int, default=0, help="seed for models and random data (default 0)")
+    g.add_argument("--out", default=DEFAULT_OUT, metavar="PATH",
+                   help=f"folder for results and plots (default ./{DEFAULT_OUT})")
+    g.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of tables")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    g.add_argument("--quick", action="store_true", help="small settings (seconds, for tests and CI)")
+    g.add_argument("--repeats", type=_positive_int, default=None, metavar="N",
+                   help="timed repeats per measurement (default 7, 3 with --quick)")
+
+    parser = _Parser(prog="sparseprune", description="Prune models and measure the speed directly.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="{demo,bench}")
+
+    demo = sub.add_parser("demo", parents=[common], help="train, prune and time MLPs and trees; write results.json and plots",
+                          description="Train the MLP, prune it at a sweep of sparsities with gradual pruning and "
+                                      "fine-tuning, eliminate neurons, prune a decision tree and a forest, time "
+                                      "everything dense vs pruned, and write results.json and PNG plots.")
+    demo.add_argument("--dataset", default="digits", choices=DATASETS,
+                      help="digits (bundled with scikit-learn, default), fashion-mnist (IDX files) or synthetic")
+    demo.add_argument("--data-dir", default=None, metavar="PATH",
+                      help="folder with the Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)")
+    demo.add_argument("--sparsities", type=_float_list("sparsities", 0.0, 1.0), default=None,
+                      metavar="LIST", help=f"weight sparsities to prune the MLP to (default {DEFAULT_SPARSITIES})")
+    demo.add_argument("--sections", type=_choice_list(DEMO_SECTIONS), default=list(DEMO_SECTIONS),
+                      metavar="LIST", help="which studies to run: mlp,tree,forest (default all)")
+    demo.add_argument("--n-samples", type=_positive_int, default=None, metavar="N",
+                      help="rows of the synthetic dataset (default 20000)")
+    demo.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
+                      help="use only the first N training rows (for large datasets)")
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", parents=[common], help="kernel sweeps: linear vs scipy vs dense BLAS, masking vs numpy+scipy",
+                           description="Sweep density x batch for sparseprune.linear against scipy CSR and dense "
+                                       "BLAS, and masking against the numpy+scipy baseline, on random matrices. "
+                                       "Prints speedup tables and the crossover density; writes bench.json.")
+    bench.add_argument("--size", type=_positive_int, default=None, metavar="N",
+                       help="weight matrices are N x N (default 4096, 512 with --quick)")
+    densities = _float_list("densities", 0.0, 1.0, low_inclusive=False, high_inclusive=True)
+    bench.add_argument("--densities", type=densities, default=None, metavar="LIST",
+                       help="weight densities for linear (default 0.01,0.05,0.1,0.2,0.3,0.5)")
+    bench.add_argument("--batches", type=_int_list, default=None, metavar="LIST",
+                       help="batch sizes for linear (default 1,16,64,256)")
+    bench.add_argument("--mask-densities", type=densities, default=None,
+                       metavar="LIST", help="kept fractions for the masking sweep (default 0.01,0.1,0.3,0.5)")
+    bench.add_argument("--kernels", type=_choice_list(BENCH_KERNELS), default=list(BENCH_KERNELS),
+                       metavar="LIST", help="which sweeps to run: linear,mask (default both)")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def _version() -> str:
+    from sparseprune import __version__
+
+    return f"sparseprune {__version__}"
+
+
+# ------------------------------------------------------------------ plumbing
+@dataclass
+class _Run:
+    """What every section needs: options, output, timing settings, progress and messages."""
+
+    args: argparse.Namespace
+    out: Path
+    threads: int | None
+    repeats: int
+    warmup: int
+    min_time: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def quick(self) -> bool:
+        return bool(self.args.quick)
+
+    def say(self, msg: str) -> None:
+        """A status line on stderr (silent with --quiet)."""
+        if not self.args.quiet:
+            print(f"sparseprune: {msg}", file=sys.stderr, flush=True)
+
+    def show(self, text: str) -> None:
+        """Human output on stdout (suppressed with --json, which keeps stdout pure JSON)."""
+        if not self.args.json:
+            print(text, flush=True)
+
+    def progress(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
+        """tqdm on stderr for long steps, unless --quiet or tqdm is missing."""
+        if self.args.quiet:
+            return iterable
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return iterable
+        # disable=None: no bar when stderr is not a terminal (CI logs stay clean).
+        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True,
+                    disable=None)
+
+    def time(self, fns: dict[str, Callable[[], object]]) -> dict:
+        """Interleaved timings (see _measure.compare) as JSON-ready dicts."""
+        res = compare(fns, repeats=self.repeats, warmup=self.warmup, min_time=self.min_time)
+        return {k: t.to_dict() for k, t in res.items()}
+
+
+class _Bar:
+    """A tqdm bar for steps that are not a loop (no-op with --quiet or without tqdm)."""
+
+    def __init__(self, run: _Run, desc: str, total: int) -> None:
+        self._bar = None
+        if not run.args.quiet:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True,
+                             disable=None)
+
+    def update(self) -> None:
+        if self._bar is not None:
+            self._bar.update()
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _prepare_out(path: str) -> Path:
+    """Create --out if needed and prove it is writable, before any long work starts."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {p} exists and is not a directory; pass a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {p} is not writable ({exc.strerror or exc}); pass a writable folder") from None
+    return p
+
+
+def _check_threads(n: int | None) -> int | None:
+    import numba
+
+    if n is not None and n > numba.config.NUMBA_NUM_THREADS:
+        raise UsageError(f"--threads {n} is more than the {numba.config.NUMBA_NUM_THREADS} threads numba "
+                         f"started with; pass --threads 1..{numba.config.NUMBA_NUM_THREADS}")
+    return n
+
+
+def _make_run(args: argparse.Namespace, min_time: float) -> _Run:
+    out = _prepare_out(args.out)
+    threads = _check_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 7)
+    return _Run(args, out, threads, repeats, 1 if args.quick else 2, min_time / 5 if args.quick else min_time)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _header(command: str, run: _Run, argv: Sequence[str]) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "argv": list(argv),
+        "created_utc": _now(),
+        "settings": {
+            "threads": run.threads,
+            "threads_effective": get_num_threads() if run.threads is None else run.threads,
+            "seed": run.args.seed,
+            "quick": run.quick,
+        },
+        "methodology": {
+            "statistic": "median of repeats; spread as q1/q3 (IQR) and min/max",
+            "repeats": run.repeats,
+            "warmup_calls_excluded": run.warmup,
+            "min_seconds_per_repeat": run.min_time,
+            "interleaved": "competitors timed round-robin in one process, order alternating per repeat",
+            "threads": "BLAS (threadpoolctl) and numba limited to the same count (sparseprune.thread_limit)",
+            "accuracy": "held-out test split",
+        },
+    }
+
+
+def _section(name: str, fn: Callable[[], dict], run: _Run) -> dict:
+    """Run one study; a missing dependency or a failure is recorded, never faked."""
+    try:
+        sec = fn()
+    except (KeyboardInterrupt, UsageError):
+        raise
+    except Exception as exc:  # a bug in one study must not lose the others' results
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        run.say(f"{name}: FAILED: {detail}")
+        return {"status": "error", "reason": detail, "rows": [], "what": name}
+    sec.setdefault("status", "ok")
+    sec.setdefault("reason", None)
+    return sec
+
+
+def _unavailable(what: str, need: str) -> dict:
+    return {"status": "unavailable", "reason": f"{need} is not available in this build of sparseprune", "rows": [],
+            "what": what}
+
+
+# ---------------------------------------------------------------- MLP study
+_MLP_COLUMNS = [
+    ("model", lambda r: r["label"], str),
+    ("sparsity", lambda r: r["sparsity"], rp.fmt_pct),
+    ("params kept", lambda r: r["params_kept"], rp.fmt_int),
+    ("nnz", lambda r: r["nnz"], rp.fmt_int),
+    ("dense KiB", lambda r: r["dense_bytes"], rp.fmt_kib),
+    ("CSR KiB", lambda r: r["csr_bytes"], rp.fmt_kib),
+    ("FLOPs/sample", lambda r: r["flops_per_sample"], rp.fmt_int),
+    ("accuracy", lambda r: r["accuracy"], lambda v: f"{100 * v:.2f}%"),
+]
+
+
+def _latency_columns(batches: Sequence[int], dense_name: str, pruned_name: str) -> list:
+    cols = []
+    for b in batches:
+        k = str(b)
+        cols += [
+            (f"b{b} {dense_name}", lambda r, k=k: _lat(r, k, "dense"), rp.fmt_time),
+            (f"b{b} {pruned_name}", lambda r, k=k: _lat(r, k, "pruned"), rp.fmt_time),
+            (f"b{b} speedup", lambda r, k=k: r.get("latency", {}).get(k, {}).get("speedup"), rp.fmt_x),
+        ]
+    return cols
+
+
+def _lat(row: dict, batch: str, key: str) -> float | None:
+    t = row.get("latency", {}).get(batch, {}).get(key)
+    return None if t is None else t["median_s"]
+
+
+def _batch(X: np.ndarray, b: int) -> np.ndarray:
+    """The first b test rows (tiled when the test split is smaller), C-contiguous."""
+    reps = -(-b // X.shape[0])
+    return np.ascontiguousarray(np.tile(X, (reps, 1))[:b] if reps > 1 else X[:b])
+
+
+def _latency(run: _Run, X: np.ndarray, dense: Callable, pruned: Callable, batches: Sequence[int],
+             extra: dict[str, Callable] | None = None, dense_variants: dict[str, Callable] | None = None) -> dict:
+    """Time dense vs pruned per batch size, interleaved; speedup = dense median / pruned median.
+
+    ``dense_variants`` are other configurations of the baseline (e.g. a forest with
+    ``n_jobs=1``); the fastest of them and ``dense`` becomes ``"dense"``, so the
+    speedup is always against the best baseline measured (``"dense_variant"`` says which).
+    """
+    out = {}
+    for b in batches:
+        Xb = _batch(X, b)
+        fns = {"dense": lambda: dense(Xb), "pruned": lambda: pruned(Xb)}
+        for name, fn in {**(extra or {}), **(dense_variants or {})}.items():
+            fns[name] = lambda fn=fn: fn(Xb)
+        t = run.time(fns)
+        best = min(["dense", *(dense_variants or {})], key=lambda k: t[k]["median_s"])
+        t["dense_variant"] = best
+        if best != "dense":
+            t["dense_default"], t["dense"] = t["dense"], t.pop(best)
+        t["speedup"] = t["dense"]["median_s"] / t["pruned"]["median_s"]
+        out[str(b)] = t
+    return out
+
+
+def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[int]) -> dict:
+    """Weight counts and storage of a fitted MLP's layers (CSR or dense), weights only for bytes."""
+    import sparseprune as sp
+    from sparseprune.masking import sparsity_info
+
+    explain = getattr(sp, "explain", None)
+    nnz = dense_bytes = csr_bytes = biases = 0
+    layers = []
+    for layer in model.layers_:
+        info = sparsity_info(layer.weight)
+        nnz += info.nnz
+        dense_bytes += info.dense_bytes
+        csr_bytes += info.csr_bytes
+        biases += int(np.asarray(layer.bias).size)
+        entry = {"shape": list(info.shape), "nnz": info.nnz, "density": info.density,
+                 "storage": "csr" if hasattr(layer.weight, "tocsr") else "dense"}
+        if explain is not None:
+            # What the dispatcher runs for this layer, so a slow row can be explained.
+            entry["path"] = {str(b): explain(b, layer.weight).path for b in batches}
+        layers.append(entry)
+    return {
+        "sparsity": 1.0 - nnz / weights_total,
+        "params_total": weights_total + biases_total,
+        "params_kept": nnz + biases,
+        "nnz": nnz,
+        "dense_bytes": dense_bytes,
+        "csr_bytes": csr_bytes,
+        "flops_per_sample": 2 * nnz,
+        "hidden_sizes": [lay["shape"][0] for lay in layers[:-1]],
+        "layers": layers,
+    }
+
+
+# The MLP recipe follows the MLP module's own digits study (sparseprune/_study_mlp.py):
+# each sparsity is reached from the dense model by gradual pruning (Zhu & Gupta
+# schedule with masked fine-tuning), then neurons are eliminated.
+_MLP_RECIPE = {"hidden": (300, 100), "max_iter": 200, "epochs": 80, "learning_rate": 3e-3,
+               "eliminate_fraction": 0.5, "eliminate_criterion": "l2", "fine_tune_epochs": 10,
+               "combined_sparsity": 0.9}
+_MLP_QUICK = {**_MLP_RECIPE, "hidden": (64, 32), "max_iter": 10, "epochs": 3, "fine_tune_epochs": 2}
+
+
+def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
+    import sparseprune as sp
+
+    if not hasattr(sp, "MLPClassifier"):
+        return _unavailable("MLP study", "sparseprune.MLPClassifier (issue 4)")
+    rc = _MLP_QUICK if run.quick else _MLP_RECIPE
+    if not run.quick and ds.X_train.shape[0] > 5000:
+        # The digits recipe would take tens of minutes on 60k rows; fewer, larger passes instead.
+        rc = {**rc, "max_iter": 20, "epochs": 10, "fine_tune_epochs": 3}
+    hidden, epochs, lr = rc["hidden"], rc["epochs"], rc["learning_rate"]
+    batches = [1, 256]
+    X, y, Xt, yt = ds.X_train, ds.y_train, ds.X_test, ds.y_test
+
+    run.say(f"mlp: training {ds.n_features}-{'-'.join(map(str, hidden))}-{ds.n_classes} on {ds.name}")
+    dense = sp.MLPClassifier(hidden_layer_sizes=hidden, random_state=run.args.seed,
+                             max_iter=rc["max_iter"]).fit(X, y)
+    shapes = [tuple(layer.weight.shape) for layer in dense.layers_]
+    weights_total = sum(o * i for o, i in shapes)
+    biases_total = sum(o for o, _ in shapes)
+
+    def row(label: str, kind: str, model, target: float | None) -> dict:
+        r = {"label": label, "kind": kind, "target_sparsity": target}
+        r.update(_mlp_stats(model, weights_total, biases_total, batches))
+        r["accuracy"] = float(np.mean(model.predict(Xt) == yt))
+        r["latency"] = _latency(run, Xt, dense.predict, model.predict, batches)
+        return r
+
+    rows = [row("dense", "dense", dense, 0.0)]
+    steps = [s for s in sparsities if s > 0]
+    for s in run.progress(steps, "mlp: gradual pruning", total=len(steps)):
+        m = copy.deepcopy(dense).gradual_prune(X, y, sparsity=s, epochs=epochs, scope="global", learning_rate=lr)
+        rows.append(row(f"{100 * s:g}% pruned", "weight_pruning", m, s))
+
+    frac, s_comb = rc["eliminate_fraction"], rc["combined_sparsity"]
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(_Bar(run, "mlp: neuron elimination", 3))
+        # Exact: constant (dead) neurons folded into the next bias; predictions unchanged on X.
+        dead = copy.deepcopy(dense).eliminate_neurons(X)
+        rows.append(row("dense - dead neurons", "neuron_elimination", dead, None))
+        bar.update()
+        elim = copy.deepcopy(dense).eliminate_neurons(X, criterion=rc["eliminate_criterion"], fraction=frac)
+        elim.fine_tune(X, y, epochs=rc["fine_tune_epochs"])
+        rows.append(row(f"dense -{100 * frac:g}% neurons", "neuron_elimination", elim, None))
+        bar.update()
+        both = copy.deepcopy(elim).gradual_prune(X, y, sparsity=s_comb, epochs=epochs, scope="global",
+                                                 learning_rate=lr)
+        rows.append(row(f"-{100 * frac:g}% neurons, {100 * s_comb:g}% pruned", "neuron_elimination", both, s_comb))
+        bar.update()
+
+    return {
+        "title": f"MLP on {ds.name}",
+        "dataset": ds.name,
+        "architecture": "-".join(map(str, [ds.n_features, *hidden, ds.n_classes])),
+        "batches": batches,
+        "latency_meaning": "dense = the trained dense MLP's predict; pruned = this model's predict "
+                           "(sparseprune.linear picks dense or CSR per layer)",
+        "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in rc.items()},
+        "rows": rows,
+    }
+
+
+# --------------------------------------------------------------- tree study
+_TREE_COLUMNS = [
+    ("model", lambda r: r["label"], str),
+    ("nodes removed", lambda r: r["sparsity"], rp.fmt_pct),
+    ("nodes", lambda r: r["nodes"], rp.fmt_int),
+    ("leaves", lambda r: r["leaves"], rp.fmt_int),
+    ("depth", lambda r: r["depth"], rp.fmt_int),
+    ("KiB", lambda r: r["bytes"], rp.fmt_kib),
+    ("cmp/sample", lambda r: r["flops_per_sample"], lambda v: f"{v:.1f}"),
+    ("accuracy", lambda r: r["accuracy"], lambda v: f"{100 * v:.2f}%"),
+]
+
+
+def _trees_of(est) -> list:
+    return list(getattr(est, "estimators_", [est]))
+
+
+def _tree_stats(est, X_test: np.ndarray, y_test: np.ndarray, nodes0: int) -> dict:
+    trees = _trees_of(est)
+    nodes = sum(int(t.tree_.node_count) for t in trees)
+    leaves = sum(int(t.get_n_leaves()) for t in trees)
+    depth = max(int(t.get_depth()) for t in trees)
+    # sklearn's own storage: the node records plus the value array.
+    nbytes = sum(t.tree_.__getstate__()["nodes"].nbytes + t.tree_.value.nbytes for t in trees)
+    path = est.decision_path(X_test)
+    indicator = path[0] if isinstance(path, tuple) else path
+    # Nodes on the decision paths minus one leaf per tree = comparisons per sample.
+    comparisons = indicator.nnz / X_test.shape[0] - len(trees)
+    return {
+        "sparsity": 1.0 - nodes / nodes0,
+        "params_kept": nodes,
+        "nodes": nodes,
+        "leaves": leaves,
+        "depth": depth,
+        "bytes": nbytes,
+        "flops_per_sample": comparisons,
+        "accuracy": float(np.mean(est.predict(X_test) == y_test)),
+    }
+
+
+def _split_gains(est) -> np.ndarray:
+    """Weighted impurity decrease N_t/N (I(t) - N_L/N_t I(L) - N_R/N_t I(R)) of every split, pooled over trees."""
+    gains = []
+    for t in _trees_of(est):
+        tr = t.tree_
+        inner = tr.children_left != -1
+        L, R = tr.children_left[inner], tr.children_right[inner]
+        w, imp = tr.weighted_n_node_samples, tr.impurity
+        gains.append((w[inner] * imp[inner] - w[L] * imp[L] - w[R] * imp[R]) / w[0])
+    return np.concatenate(gains) if gains else np.zeros(0)
+
+
+def _pruning_curves(est, gains: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, nodes0: int,
+                    n_points: int) -> dict[str, list]:
+    """Accuracy vs nodes for info_gain (and cost_complexity) post-pruning.
+
+    Uses the tree module's ``pruning_curve`` when the build has it (both curves, forests
+    included); otherwise prunes at quantiles of the split gains itself (info_gain only).
+    """
+    import sparseprune as sp
+
+    try:
+        from sparseprune.tree import pruning_curve
+    except ImportError:
+        pruning_curve = None
+    if pruning_curve is not None:
+        pc = pruning_curve(est, X_test, y_test, n_points=n_points).to_dict()
+        return {name: [{"param": p, "nodes": n, "accuracy": a}
+                       for p, n, a in zip(pc[name]["param"], pc[name]["n_nodes"], pc[name]["score"])]
+                for name in ("info_gain", "cost_complexity")}
+    out = []
+    for tau in np.unique(np.quantile(gains, np.linspace(0.0, 0.995, n_points))) if gains.size else []:
+        st = _tree_stats(sp.prune_tree(est, method="info_gain", threshold=float(tau)), X_test, y_test, nodes0)
+        out.append({"param": float(tau), "nodes": st["nodes"], "accuracy": st["accuracy"]})
+    return {"info_gain": out}
+
+
+def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
+    import sparseprune as sp
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    seed = run.args.seed
+    X, y, Xt, yt = ds.X_train, ds.y_train, ds.X_test, ds.y_test
+    n_trees = 10 if run.quick else 50
+    if family == "forest":
+        # n_jobs = the thread count our kernels get, so the comparison is fair.
+        n_jobs = run.threads or sp.get_num_threads()
+        est = RandomForestClassifier(n_estimators=n_trees, random_state=seed, n_jobs=n_jobs).fit(X, y)
+        title = f"random forest ({n_trees} trees) on {ds.name}"
+    else:
+        n_jobs = 1
+        est = DecisionTreeClassifier(random_state=seed).fit(X, y)
+        title = f"decision tree on {ds.name}"
+    run.say(f"{family}: fitted {title}")
+    have_prune, have_compile = hasattr(sp, "prune_tree"), hasattr(sp, "compile_tree")
+    nodes0 = sum(int(t.tree_.node_count) for t in _trees_of(est))
+    batches = [1, 256]
+    notes = []
+    if not have_compile:
+        notes.append("sparseprune.compile_tree (issue 5) is not available: pruned latency is scikit-learn's predict")
+    if not have_prune:
+        notes.append("sparseprune.prune_tree (issue 5) is not available: no post-pruning rows; "
+                     "only scikit-learn's refit-with-ccp_alpha path is shown")
+
+    def engine(model) -> Callable:
+        return sp.compile_tree(model).predict if have_compile else model.predict
+
+    variants = None
+    if family == "forest" and n_jobs != 1:
+        # joblib dispatch dominates small batches; a fair baseline is sklearn's best setting.
+        est_1 = copy.deepcopy(est).set_params(n_jobs=1)
+        variants = {"dense_n_jobs_1": est_1.predict}
+
+    def row(label: str, kind: str, param: float | None, model) -> dict:
+        r = {"label": label, "kind": kind, "param": param}
+        r.update(_tree_stats(model, Xt, yt, nodes0))
+        extra = {"pruned_sklearn": model.predict} if have_compile else None
+        r["latency"] = _latency(run, Xt, est.predict, engine(model), batches, extra, variants)
+        r["pruned_engine"] = "sparseprune.compile_tree" if have_compile else "sklearn predict"
+        return r
+
+    # Thresholds from the fitted model's own split gains and scikit-learn's ccp path, so the
+    # sweep spans light to heavy pruning on any dataset.
+    gains = _split_gains(est)
+    single = est if family == "tree" else DecisionTreeClassifier(random_state=seed).fit(X, y)
+    alphas = single.cost_complexity_pruning_path(X, y).ccp_alphas
+    table_q = (0.5, 0.9) if run.quick else (0.5, 0.8, 0.9, 0.95)
+    taus = np.unique(np.quantile(gains, table_q)) if gains.size else np.zeros(0)
+    table_alphas = np.unique(np.quantile(alphas, table_q)) if alphas.size else np.zeros(0)
+
+    rows = [row("unpruned", "unpruned", None, est)]
+    curves: dict[str, list] = {}
+    if have_prune:
+        for tau in run.progress(taus, f"{family}: info_gain"):
+            p = sp.prune_tree(est, method="info_gain", threshold=float(tau))
+            rows.append(row(f"info_gain τ={tau:.2g}", "info_gain", float(tau), p))
+        for a in run.progress(table_alphas, f"{family}: cost_complexity"):
+            p = sp.prune_tree(est, method="cost_complexity", alpha=float(a))
+            rows.append(row(f"cost_complexity α={a:.2g}", "cost_complexity", float(a), p))
+        curves.update(_pruning_curves(est, gains, Xt, yt, nodes0, 8 if run.quick else 25))
+        if not curves.get("cost_complexity"):
+            curves["cost_complexity"] = [{"param": r["param"], "nodes": r["nodes"], "accuracy": r["accuracy"]}
+                                         for r in rows if r["kind"] == "cost_complexity"]
+    if family == "tree":
+        # scikit-learn's own answer: refit with ccp_alpha along its pruning path.
+        pick = np.unique(np.quantile(alphas, np.linspace(0.0, 0.995, 8 if run.quick else 25)))
+        curves["ccp_path"] = []
+        for a in run.progress(pick, "tree: sklearn ccp path"):
+            m = DecisionTreeClassifier(random_state=seed, ccp_alpha=float(a)).fit(X, y)
+            curves["ccp_path"].append({"param": float(a), "nodes": int(m.tree_.node_count),
+                                       "accuracy": float(m.score(Xt, yt))})
+        if not have_prune:
+            for a in table_alphas:
+                m = DecisionTreeClassifier(random_state=seed, ccp_alpha=float(a)).fit(X, y)
+                rows.append(row(f"sklearn ccp_alpha={a:.2g} (refit)", "ccp_refit", float(a), m))
+    return {"title": title, "family": family, "dataset": ds.name, "batches": batches,
+            "latency_meaning": "dense = scikit-learn predict of the unpruned model"
+                               + (f" (faster of n_jobs={n_jobs} and n_jobs=1)" if variants else "")
+                               + "; pruned = the pruned model through "
+                               + ("sparseprune.compile_tree" if have_compile else "scikit-learn predict"),
+            "rows": rows, "curves": curves, "notes": notes}
+
+
+# ---------------------------------------------------------------- demo
+def _load(args: argparse.Namespace) -> Dataset:
+    if args.data_dir is not None and args.dataset != "fashion-mnist":
+        raise UsageError(f"--data-dir only applies to --dataset fashion-mnist, not {args.dataset}")
+    if args.n_samples is not None and args.dataset != "synthetic":
+        raise UsageError(f"--n-samples only applies to --dataset synthetic, not {args.dataset}")
+    n_samples = args.n_samples or (3000 if args.quick else None)
+    max_train = args.max_train or (5000 if args.quick and args.dataset == "fashion-mnist" else None)
+    try:
+        return load_dataset(args.dataset, data_dir=args.data_dir, n_samples=n_samples, max_train=max_train)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc).replace("\n", " ")) from None
+    except ValueError as exc:
+        raise DataError(str(exc).replace("\n", " ")) from None
+
+
+def _print_section(run: _Run, sec: dict, columns: list) -> None:
+    if sec["status"] != "ok":
+        run.show(f"\n{sec.get('what', sec.get('title', ''))}: {sec['status'].upper()}: {sec['reason']}")
+        return
+    cols = columns + _latency_columns(sec["batches"], "dense", "pruned")
+    run.show("\n" + rp.format_table(sec["rows"], cols, title=f"== {sec['title']}"))
+    run.show(f"   latency: {sec['latency_meaning']}; median of {run.repeats} repeats (IQR in results.json)")
+    for note in sec.get("notes", []):
+        run.show(f"   note: {note}")
+
+
+def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    t_start = time.perf_counter()
+    run = _make_run(args, min_time=0.01)
+    default = QUICK_SPARSITIES if args.quick else DEFAULT_SPARSITIES
+    sparsities = args.sparsities or _float_list("sparsities", 0.0, 1.0)(default)
+    ds = _load(args)
+    run.say(f"dataset {ds.name}: {ds.X_train.shape[0]} train / {ds.X_test.shape[0]} test rows, "
+            f"{ds.n_features} features; results go to {run.out}")
+    doc = _header("demo", run, argv)
+    doc["settings"].update({"dataset": ds.name, "sparsities": sparsities, "sections": args.sections})
+    doc["dataset"] = ds.describe()
+    studies = {
+        "mlp": (lambda: _study_mlp(run, ds, sparsities), _MLP_COLUMNS),
+        "tree": (lambda: _study_trees(run, ds, "tree"), _TREE_COLUMNS),
+        "forest": (lambda: _study_trees(run, ds, "forest"), _TREE_COLUMNS),
+    }
+    from sklearn.exceptions import ConvergenceWarning
+
+    sections = {}
+    with thread_limit(run.threads), warnings.catch_warnings():
+        # Short training budgets are deliberate here; the accuracy column tells the story.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for name in args.sections:
+            fn, columns = studies[name]
+            sections[name] = _section(name, fn, run)
+            _print_section(run, sections[name], columns)
+    doc["sections"] = sections
+    doc["plots"], doc["notes"] = _demo_plots(run, sections)
+    doc["machine"] = machine_info()
+    doc["wall_time_s"] = time.perf_counter() - t_start
+    rp.write_json(run.out / "results.json", doc)
+    for note in doc["notes"]:
+        run.show(f"note: {note}")
+    run.show(f"\nwrote {run.out / 'results.json'} and {len(doc['plots'])} plots in {doc['wall_time_s']:.1f} s")
+    if args.json:
+        print(rp.to_json(doc))
+    return 0 if all(s["status"] != "error" for s in sections.values()) else 1
+
+
+def _demo_plots(run: _Run, sections: dict) -> tuple[list[str], list[str]]:
+    jobs = []
+    mlp = sections.get("mlp")
+    if mlp and mlp["status"] == "ok":
+        jobs += [("mlp_accuracy_vs_sparsity.png", lambda p: rp.plot_accuracy_vs_sparsity(mlp, p)),
+                 ("mlp_latency_vs_sparsity.png", lambda p: rp.plot_latency_vs_sparsity(mlp, p)),
+                 ("mlp_pareto.png", lambda p: rp.plot_pareto(mlp, p))]
+    trees = [sections[k] for k in ("tree", "forest") if k in sections and sections[k]["status"] == "ok"
+             and any(sections[k].get("curves", {}).values())]
+    if trees:
+        jobs.append(("tree_accuracy_vs_nodes.png", lambda p: rp.plot_tree_accuracy_vs_nodes(trees, p)))
+    return rp.write_plots(jobs, run.out)
+
+
+# ---------------------------------------------------------------- bench
+def _random_csr(rng: np.random.Generator, n: int, density: float, dtype=np.float32):
+    """An n x n CSR with exactly round(density * n * n) nonzeros at uniform random positions."""
+    import scipy.sparse as sps
+
+    nnz = int(round(density * n * n))
+    flat = rng.choice(n * n, size=nnz, replace=False)
+    rows, cols = np.divmod(flat, n)
+    vals = rng.standard_normal(nnz).astype(dtype)
+    W = sps.csr_array((vals, (rows, cols)), shape=(n, n))
+    W.sum_duplicates()
+    return W
+
+
+def _crossover(densities: Sequence[float], speedups: Sequence[float]) -> dict:
+    """Density where sparse stops beating dense (speedup crosses 1), interpolated between sweep points."""
+    pts = sorted(zip(densities, speedups))
+    if all(s >= 1 for _, s in pts):
+        return {"density": None, "bound": "above", "text": f"> {100 * pts[-1][0]:g}% (faster at every density)"}
+    if all(s < 1 for _, s in pts):
+        return {"density": None, "bound": "below", "text": f"< {100 * pts[0][0]:g}% (slower at every density)"}
+    for (d0, s0), (d1, s1) in zip(pts, pts[1:]):
+        if s0 >= 1 > s1:
+            d = d0 + (s0 - 1) / (s0 - s1) * (d1 - d0)
+            return {"density": d, "bound": "interpolated", "text": f"{100 * d:.1f}%"}
+    last = max(d for d, s in pts if s >= 1)
+    return {"density": last, "bound": "last_faster", "text": f"{100 * last:g}% (not monotone)"}
+
+
+def _bench_linear(run: _Run, n: int, densities: Sequence[float], batches: Sequence[int]) -> dict:
+    import sparseprune as sp
+
+    if not hasattr(sp, "linear"):
+        return _unavailable("linear sweep", "sparseprune.linear (issue 3)")
+    # With SparseLinear (weights prepared once, as an MLP layer holds them) we can time the
+    # sparse kernel itself (method="sparse") and the dispatcher (method="auto") separately;
+    # the crossover density is the kernel's. Without it, only linear() as users call it.
+    layered = hasattr(sp, "SparseLinear")
+    rng = np.random.default_rng(run.args.seed)
+    rows = []
+    for d in run.progress(densities, "bench: linear densities"):
+        W_csr = _random_csr(rng, n, d)
+        W_dense = W_csr.toarray()
+        layer = sp.SparseLinear(W_csr) if layered else None
+        for b in batches:
+            X = rng.standard_normal((b, n)).astype(np.float32)
+            XT = np.ascontiguousarray(X.T)
+            fns = {"dense": lambda: X @ W_dense.T, "scipy": lambda: W_csr @ XT}
+            if layered:
+                fns["ours"] = lambda: layer(X, method="sparse")
+                fns["auto"] = lambda: layer(X)
+            else:
+                fns["ours"] = lambda: sp.linear(X, W_csr)
+            t = run.time(fns)
+            r = {"density": d, "batch": b, "timings": t,
+                 "speedup_vs_dense": t["dense"]["median_s"] / t["ours"]["median_s"],
+                 "speedup_vs_scipy": t["scipy"]["median_s"] / t["ours"]["median_s"]}
+            if layered:
+                r["auto_vs_dense"] = t["dense"]["median_s"] / t["auto"]["median_s"]
+                r["auto_path"] = layer.explain(b).path
+            rows.append(r)
+        del W_csr, W_dense, layer
+    crossover = {}
+    for b in batches:
+        sub = [r for r in rows if r["batch"] == b]
+        crossover[str(b)] = _crossover([r["density"] for r in sub], [r["speedup_vs_dense"] for r in sub])
+    ours = ("SparseLinear(W_csr)(X, method='sparse') (the sparse kernel); auto = SparseLinear(W_csr)(X) "
+            "(the dispatcher)" if layered else "sparseprune.linear(X, W_csr)")
+    return {"title": f"sparse linear layer, {n}x{n} float32 weights", "shape": [n, n], "dtype": "float32",
+            "ours": ours, "baselines": {"scipy": "W_csr @ X.T (scipy, one thread)",
+                                        "dense": "X @ W_dense.T (numpy BLAS)"},
+            "rows": rows, "crossover_density": crossover}
+
+
+def _bench_mask(run: _Run, n: int, densities: Sequence[float]) -> dict:
+    import scipy.sparse as sps
+
+    import sparseprune as sp
+
+    if not hasattr(sp, "threshold_mask"):
+        return _unavailable("masking sweep", "sparseprune.threshold_mask (issue 2)")
+    rng = np.random.default_rng(run.args.seed)
+    W = rng.standard_normal((n, n)).astype(np.float32)
+    absW = np.abs(W).ravel()
+    rows = []
+    for d in run.progress(densities, "bench: masking"):
+        t_cut = float(np.quantile(absW, 1.0 - d)) if d < 1 else 0.0
+        t = run.time({
+            "ours": lambda: sp.threshold_mask(W, t_cut),
+            "baseline": lambda: sps.csr_array(np.where(np.abs(W) < t_cut, 0, W)),
+        })
+        rows.append({"density": d, "threshold": t_cut, "timings": t,
+                     "speedup": t["baseline"]["median_s"] / t["ours"]["median_s"]})
+    return {"title": f"threshold_mask, {n}x{n} float32", "shape": [n, n], "dtype": "float32",
+            "ours": "sparseprune.threshold_mask(W, t)",
+            "baselines": {"baseline": "scipy.sparse.csr_array(np.where(np.abs(W) < t, 0, W))"}, "rows": rows}
+
+
+def _print_bench(run: _Run, results: dict) -> None:
+    lin = results.get("linear")
+    if lin is not None and lin["status"] == "ok":
+        cols = [
+            ("density", lambda r: r["density"], rp.fmt_pct),
+            ("batch", lambda r: r["batch"], rp.fmt_int),
+            ("ours", lambda r: r["timings"]["ours"]["median_s"], rp.fmt_time),
+            ("scipy", lambda r: r["timings"]["scipy"]["median_s"], rp.fmt_time),
+            ("dense BLAS", lambda r: r["timings"]["dense"]["median_s"], rp.fmt_time),
+            ("vs dense", lambda r: r["speedup_vs_dense"], rp.fmt_x),
+            ("vs scipy", lambda r: r["speedup_vs_scipy"], rp.fmt_x),
+        ]
+        if any("auto_vs_dense" in r for r in lin["rows"]):
+            cols += [("auto vs dense", lambda r: r.get("auto_vs_dense"), rp.fmt_x),
+                     ("auto path", lambda r: r.get("auto_path"), str)]
+        run.show("\n" + rp.format_table(lin["rows"], cols, title=f"== {lin['title']}"))
+        run.show(f"   ours = {lin['ours']}")
+        run.show("   crossover density (ours faster than dense BLAS below it): " + ", ".join(
+            f"batch {b}: {c['text']}" for b, c in lin["crossover_density"].items()))
+    elif lin is not None:
+        run.show(f"\nlinear sweep: {lin['status'].upper()}: {lin['reason']}")
+    mask = results.get("mask")
+    if mask is not None and mask["status"] == "ok":
+        cols = [
+            ("density kept", lambda r: r["density"], rp.fmt_pct),
+            ("ours", lambda r: r["timings"]["ours"]["median_s"], rp.fmt_time),
+            ("numpy+scipy", lambda r: r["timings"]["baseline"]["median_s"], rp.fmt_time),
+            ("speedup", lambda r: r["speedup"], rp.fmt_x),
+        ]
+        run.show("\n" + rp.format_table(mask["rows"], cols, title=f"== {mask['title']}"))
+    elif mask is not None:
+        run.show(f"\nmasking sweep: {mask['status'].upper()}: {mask['reason']}")
+    run.show(f"   median of {run.repeats} interleaved repeats per cell, warm-up excluded; spread in bench.json")
+
+
+def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    t_start = time.perf_counter()
+    run = _make_run(args, min_time=0.02)
+    n = args.size or (512 if args.quick else 4096)
+    densities = args.densities or ([0.05, 0.3] if args.quick else [0.01, 0.05, 0.1, 0.2, 0.3, 0.5])
+    batches = args.batches or ([1, 64] if args.quick else [1, 16, 64, 256])
+    mask_densities = args.mask_densities or ([0.1, 0.5] if args.quick else [0.01, 0.1, 0.3, 0.5])
+    doc = _header("bench", run, argv)
+    doc["settings"].update({"size": n, "densities": densities, "batches": batches,
+                            "mask_densities": mask_densities, "kernels": args.kernels})
+    results = {}
+    with thread_limit(run.threads):
+        if "linear" in args.kernels:
+            results["linear"] = _section("linear", lambda: _bench_linear(run, n, densities, batches), run)
+        if "mask" in args.kernels:
+            results["mask"] = _section("mask", lambda: _bench_mask(run, n, mask_densities), run)
+    doc["sections"] = results
+    doc["machine"] = machine_info()
+    doc["wall_time_s"] = time.perf_counter() - t_start
+    rp.write_json(run.out / "bench.json", doc)
+    _print_bench(run, results)
+    if args.json:
+        print(rp.to_json(doc))
+    else:
+        run.show(f"wrote {run.out / 'bench.json'} in {doc['wall_time_s']:.1f} s")
+    return 0 if all(s["status"] != "error" for s in results.values()) else 1
+
+
+# ---------------------------------------------------------------- entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``sparseprune`` command; returns the exit code (never raises on bad usage).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help / --version
+            return int(exc.code or 0)
+        if args.command is None:
+            raise UsageError("choose a command: demo (the pruning study) or bench (kernel sweeps) "
+                             "(see 'sparseprune --help')")
+        return args.func(args, argv)
+    except UsageError as exc:
+        print(f"sparseprune: error: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:
+        print(f"sparseprune: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sparseprune: interrupted; no partial results were written", file=sys.stderr)
+        return 130
