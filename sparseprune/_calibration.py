@@ -15,6 +15,7 @@ is used and nothing is measured, so test runs never stall on it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -46,10 +47,19 @@ _DEFAULT = {
     # the nnz, so it decides small layers (e.g. a 10-output classifier head).
     "pack_per_col": {"1": 1.0e-10, "8": 8.0e-9, "16": 1.5e-8, "32": 3.0e-8, "64": 6.0e-8, "256": 2.5e-7},
 }
+# Seconds per call on each path for a tiny layer (not scaled with threads).
+_DEFAULT_OVERHEAD = {"dense": 2.0e-6, "sparse": 8.0e-6}
 
 _lock = threading.Lock()
 _tables: dict[str, dict] = {}
 _override: dict | None = None
+#: Bumped whenever the table in force may change, so callers may cache decisions.
+generation = 0
+
+
+def _bump() -> None:
+    global generation
+    generation += 1
 
 
 def cache_dir() -> Path:
@@ -61,7 +71,10 @@ def cache_dir() -> Path:
     return Path(base) / "sparseprune"
 
 
+@functools.lru_cache(maxsize=None)
 def _machine_key(n_threads: int) -> str:
+    # Cached: the dispatcher asks for it on every call, and reading
+    # /proc/cpuinfo each time cost ~80 us per layer.
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -115,6 +128,7 @@ def default_table(n_threads: int) -> dict:
         "dense_per_mac": {b: v * scale for b, v in _DEFAULT["dense_per_mac"].items()},
         "sparse_per_nnz": {b: v * scale for b, v in _DEFAULT["sparse_per_nnz"].items()},
         "pack_per_col": {b: v * scale for b, v in _DEFAULT["pack_per_col"].items()},
+        "call_overhead_s": dict(_DEFAULT_OVERHEAD),
     }
 
 
@@ -177,6 +191,13 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
                 for b in map(str, BATCHES):
                     if b not in measured:
                         table[name][b] = ref[name][b] * f
+    # Per-call overhead of each path, from a layer so small the product is negligible.
+    tiny = SparseLinear(sp.random_array((8, 8), density=0.5, format="csr", dtype=np.float32, rng=rng))
+    x1 = inputs[1][:, :8].copy()
+    tiny(x1, method="sparse")
+    tiny(x1, method="dense")
+    end = time.perf_counter() + 0.2
+    table["call_overhead_s"] = {path: _best(lambda: tiny(x1, method=path), 50, end) for path in ("dense", "sparse")}
     table["shape"] = [rows, cols]
     table["density"] = CAL_DENSITY
     table["seconds"] = round(budget_s - max(0.0, deadline - time.perf_counter()), 3)
@@ -211,6 +232,7 @@ def get_table(n_threads: int) -> dict:
                 else:
                     table = default_table(n_threads)
             _tables[key] = table
+            _bump()
     return table
 
 
@@ -223,6 +245,7 @@ def calibrate(n_threads: int, force: bool) -> dict:
             table = measure(n_threads)
             _save(key, table)
         _tables[key] = table
+        _bump()
     return table
 
 
@@ -234,12 +257,14 @@ def set_override(table: dict | None) -> None:
             "to seconds; get one from sparseprune.calibrate() and edit it."
         )
     _override = table
+    _bump()
 
 
 def forget() -> None:
     """Drop tables cached in memory (the disk cache stays)."""
     with _lock:
         _tables.clear()
+        _bump()
 
 
 def _valid(table) -> bool:

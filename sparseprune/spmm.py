@@ -238,6 +238,11 @@ def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decisi
     ts = _cal.per_unit(table, "sparse_per_nnz", batch) * nnz
     if "pack_per_col" in table:
         ts += _cal.per_unit(table, "pack_per_col", batch) * n_in
+    # Fixed cost of one call on each path (Python, dispatch, allocation): it
+    # decides tiny layers, where either product itself takes a microsecond.
+    overhead = table.get("call_overhead_s", {})
+    td += float(overhead.get("dense", 0.0))
+    ts += float(overhead.get("sparse", 0.0))
     extra = ""
     if weights == "csr":
         # linear(X, W_csr) has no dense copy to reuse: going dense means expanding W on every call.
@@ -469,6 +474,7 @@ class SparseLinear:
         self.bias = _check_bias(bias, self.shape[0], self.dtype)
         self._dense_w = None
         self._row_starts: dict[int, np.ndarray] = {}
+        self._decisions: dict[tuple, Decision] = {}
         self._lock = threading.Lock()
 
     @property
@@ -510,7 +516,15 @@ class SparseLinear:
         ``"auto"`` asks the calibrated dispatcher.
         """
         X = _check_input(X, self.shape[1], self.dtype)
-        d = _decide(X.shape[0], self.shape, self.nnz, method=_check_method(method), weights="prepared")
+        key = (X.shape[0], method, numba.get_num_threads(), _cal.generation)
+        d = self._decisions.get(key)
+        if d is None:
+            # A decision depends only on this key (the weights are fixed): small
+            # layers would otherwise spend longer deciding than computing.
+            d = _decide(X.shape[0], self.shape, self.nnz, method=_check_method(method), weights="prepared")
+            if len(self._decisions) > 64:
+                self._decisions.clear()
+            self._decisions[key] = d
         if d.path == "dense":
             return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act)
         return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
