@@ -322,11 +322,6 @@ def _section(name: str, fn: Callable[[], dict], run: _Run) -> dict:
     return sec
 
 
-def _unavailable(what: str, need: str) -> dict:
-    return {"status": "unavailable", "reason": f"{need} is not available in this build of sparseprune", "rows": [],
-            "what": what}
-
-
 # ---------------------------------------------------------------- MLP study
 _MLP_COLUMNS = [
     ("model", lambda r: r["label"], str),
@@ -432,8 +427,6 @@ _MLP_QUICK = {**_MLP_RECIPE, "hidden": (64, 32), "max_iter": 10, "epochs": 3, "f
 def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
     import sparseprune as sp
 
-    if not hasattr(sp, "MLPClassifier"):
-        return _unavailable("MLP study", "sparseprune.MLPClassifier (issue 4)")
     rc = _MLP_QUICK if run.quick else _MLP_RECIPE
     if not run.quick and ds.X_train.shape[0] > 5000:
         # The digits recipe would take tens of minutes on 60k rows; fewer, larger passes instead.
@@ -585,18 +578,12 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
         est = DecisionTreeClassifier(random_state=seed).fit(X, y)
         title = f"decision tree on {ds.name}"
     run.say(f"{family}: fitted {title}")
-    have_prune, have_compile = hasattr(sp, "prune_tree"), hasattr(sp, "compile_tree")
     nodes0 = sum(int(t.tree_.node_count) for t in _trees_of(est))
     batches = [1, 256]
     notes = []
-    if not have_compile:
-        notes.append("sparseprune.compile_tree (issue 5) is not available: pruned latency is scikit-learn's predict")
-    if not have_prune:
-        notes.append("sparseprune.prune_tree (issue 5) is not available: no post-pruning rows; "
-                     "only scikit-learn's refit-with-ccp_alpha path is shown")
 
     def engine(model) -> Callable:
-        return sp.compile_tree(model).predict if have_compile else model.predict
+        return sp.compile_tree(model).predict
 
     variants = None
     if family == "forest" and n_jobs != 1:
@@ -607,9 +594,9 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
     def row(label: str, kind: str, param: float | None, model) -> dict:
         r = {"label": label, "kind": kind, "param": param}
         r.update(_tree_stats(model, Xt, yt, nodes0))
-        extra = {"pruned_sklearn": model.predict} if have_compile else None
+        extra = {"pruned_sklearn": model.predict}
         r["latency"] = _latency(run, Xt, est.predict, engine(model), batches, extra, variants)
-        r["pruned_engine"] = "sparseprune.compile_tree" if have_compile else "sklearn predict"
+        r["pruned_engine"] = "sparseprune.compile_tree"
         return r
 
     # Thresholds from the fitted model's own split gains and scikit-learn's ccp path, so the
@@ -623,17 +610,16 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
 
     rows = [row("unpruned", "unpruned", None, est)]
     curves: dict[str, list] = {}
-    if have_prune:
-        for tau in run.progress(taus, f"{family}: info_gain"):
-            p = sp.prune_tree(est, method="info_gain", threshold=float(tau))
-            rows.append(row(f"info_gain τ={tau:.2g}", "info_gain", float(tau), p))
-        for a in run.progress(table_alphas, f"{family}: cost_complexity"):
-            p = sp.prune_tree(est, method="cost_complexity", alpha=float(a))
-            rows.append(row(f"cost_complexity α={a:.2g}", "cost_complexity", float(a), p))
-        curves.update(_pruning_curves(est, gains, Xt, yt, nodes0, 8 if run.quick else 25))
-        if not curves.get("cost_complexity"):
-            curves["cost_complexity"] = [{"param": r["param"], "nodes": r["nodes"], "accuracy": r["accuracy"]}
-                                         for r in rows if r["kind"] == "cost_complexity"]
+    for tau in run.progress(taus, f"{family}: info_gain"):
+        p = sp.prune_tree(est, method="info_gain", threshold=float(tau))
+        rows.append(row(f"info_gain τ={tau:.2g}", "info_gain", float(tau), p))
+    for a in run.progress(table_alphas, f"{family}: cost_complexity"):
+        p = sp.prune_tree(est, method="cost_complexity", alpha=float(a))
+        rows.append(row(f"cost_complexity α={a:.2g}", "cost_complexity", float(a), p))
+    curves.update(_pruning_curves(est, gains, Xt, yt, nodes0, 8 if run.quick else 25))
+    if not curves.get("cost_complexity"):
+        curves["cost_complexity"] = [{"param": r["param"], "nodes": r["nodes"], "accuracy": r["accuracy"]}
+                                     for r in rows if r["kind"] == "cost_complexity"]
     if family == "tree":
         # scikit-learn's own answer: refit with ccp_alpha along its pruning path.
         pick = np.unique(np.quantile(alphas, np.linspace(0.0, 0.995, 8 if run.quick else 25)))
@@ -642,15 +628,10 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
             m = DecisionTreeClassifier(random_state=seed, ccp_alpha=float(a)).fit(X, y)
             curves["ccp_path"].append({"param": float(a), "nodes": int(m.tree_.node_count),
                                        "accuracy": float(m.score(Xt, yt))})
-        if not have_prune:
-            for a in table_alphas:
-                m = DecisionTreeClassifier(random_state=seed, ccp_alpha=float(a)).fit(X, y)
-                rows.append(row(f"sklearn ccp_alpha={a:.2g} (refit)", "ccp_refit", float(a), m))
     return {"title": title, "family": family, "dataset": ds.name, "batches": batches,
             "latency_meaning": "dense = scikit-learn predict of the unpruned model"
                                + (f" (faster of n_jobs={n_jobs} and n_jobs=1)" if variants else "")
-                               + "; pruned = the pruned model through "
-                               + ("sparseprune.compile_tree" if have_compile else "scikit-learn predict"),
+                               + "; pruned = the pruned model through sparseprune.compile_tree",
             "rows": rows, "curves": curves, "notes": notes}
 
 
@@ -766,34 +747,29 @@ def _crossover(densities: Sequence[float], speedups: Sequence[float]) -> dict:
 def _bench_linear(run: _Run, n: int, densities: Sequence[float], batches: Sequence[int]) -> dict:
     import sparseprune as sp
 
-    if not hasattr(sp, "linear"):
-        return _unavailable("linear sweep", "sparseprune.linear (issue 3)")
     # With SparseLinear (weights prepared once, as an MLP layer holds them) we can time the
     # sparse kernel itself (method="sparse") and the dispatcher (method="auto") separately;
     # the crossover density is the kernel's. Without it, only linear() as users call it.
-    layered = hasattr(sp, "SparseLinear")
     rng = np.random.default_rng(run.args.seed)
     rows = []
     for d in run.progress(densities, "bench: linear densities"):
         W_csr = _random_csr(rng, n, d)
-        W_dense = W_csr.toarray()
-        layer = sp.SparseLinear(W_csr) if layered else None
+        layer = sp.SparseLinear(W_csr)
+        # The baseline multiplies the layer's own dense copy, the very array the
+        # dispatcher's dense path uses: two separately allocated 64 MiB copies
+        # can differ by several percent in BLAS speed (page placement).
+        W_dense = layer._dense()
         for b in batches:
             X = rng.standard_normal((b, n)).astype(np.float32)
             XT = np.ascontiguousarray(X.T)
-            fns = {"dense": lambda: X @ W_dense.T, "scipy": lambda: W_csr @ XT}
-            if layered:
-                fns["ours"] = lambda: layer(X, method="sparse")
-                fns["auto"] = lambda: layer(X)
-            else:
-                fns["ours"] = lambda: sp.linear(X, W_csr)
+            fns = {"dense": lambda: X @ W_dense.T, "scipy": lambda: W_csr @ XT,
+                   "ours": lambda: layer(X, method="sparse"), "auto": lambda: layer(X)}
             t = run.time(fns)
             r = {"density": d, "batch": b, "timings": t,
                  "speedup_vs_dense": t["dense"]["median_s"] / t["ours"]["median_s"],
                  "speedup_vs_scipy": t["scipy"]["median_s"] / t["ours"]["median_s"]}
-            if layered:
-                r["auto_vs_dense"] = t["dense"]["median_s"] / t["auto"]["median_s"]
-                r["auto_path"] = layer.explain(b).path
+            r["auto_vs_dense"] = t["dense"]["median_s"] / t["auto"]["median_s"]
+            r["auto_path"] = layer.explain(b).path
             rows.append(r)
         del W_csr, W_dense, layer
     crossover = {}
@@ -801,7 +777,7 @@ def _bench_linear(run: _Run, n: int, densities: Sequence[float], batches: Sequen
         sub = [r for r in rows if r["batch"] == b]
         crossover[str(b)] = _crossover([r["density"] for r in sub], [r["speedup_vs_dense"] for r in sub])
     ours = ("SparseLinear(W_csr)(X, method='sparse') (the sparse kernel); auto = SparseLinear(W_csr)(X) "
-            "(the dispatcher)" if layered else "sparseprune.linear(X, W_csr)")
+            "(the dispatcher)")
     return {"title": f"sparse linear layer, {n}x{n} float32 weights", "shape": [n, n], "dtype": "float32",
             "ours": ours, "baselines": {"scipy": "W_csr @ X.T (scipy, one thread)",
                                         "dense": "X @ W_dense.T (numpy BLAS)"},
@@ -813,8 +789,6 @@ def _bench_mask(run: _Run, n: int, densities: Sequence[float]) -> dict:
 
     import sparseprune as sp
 
-    if not hasattr(sp, "threshold_mask"):
-        return _unavailable("masking sweep", "sparseprune.threshold_mask (issue 2)")
     rng = np.random.default_rng(run.args.seed)
     W = rng.standard_normal((n, n)).astype(np.float32)
     absW = np.abs(W).ravel()
