@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparseprune import _calibration as _cal
-from sparseprune._threading import thread_limit
+from sparseprune._threading import single_thread_blas, thread_limit
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
 from sparseprune.kernels import spmm as _k
 
@@ -50,6 +50,11 @@ _METHODS = ("auto", "dense", "sparse")
 #: ~0.5 ns per nonzero) and a few million multiply-adds at batch 16.
 SERIAL_WORK = 4_000_000
 SERIAL_WORK_SPMV = 1_500_000
+#: When a SparseLinear layer falls back to dense, products up to this many
+#: multiply-adds run BLAS on one thread: a second BLAS thread saves little on
+#: them, while BLAS's idle workers would then spin-wait against the sparse
+#: kernels of the next layers (see ``_threading.single_thread_blas``).
+SMALL_DENSE_MACS = 1 << 24
 #: Inputs with at least this many elements are packed by all threads.
 PACK_PARALLEL = 1 << 18
 #: Output rows the SpMM kernel stages before one transposed copy into Y.
@@ -274,10 +279,14 @@ def _activate_inplace(Y: np.ndarray, act: int) -> None:
         np.reciprocal(Y, out=Y)
 
 
-def _dense_forward(X, Wd, bias, has_bias: bool, act: int) -> np.ndarray:
+def _dense_forward(X, Wd, bias, has_bias: bool, act: int, single_thread: bool = False) -> np.ndarray:
     # NaN/inf inputs give NaN quietly, as on the sparse path.
     with np.errstate(invalid="ignore", over="ignore"):
-        Y = np.ascontiguousarray(X @ Wd.T)
+        if single_thread:
+            with single_thread_blas():
+                Y = np.ascontiguousarray(X @ Wd.T)
+        else:
+            Y = np.ascontiguousarray(X @ Wd.T)
     if has_bias:
         Y += bias
     _activate_inplace(Y, act)
@@ -526,7 +535,10 @@ class SparseLinear:
                 self._decisions.clear()
             self._decisions[key] = d
         if d.path == "dense":
-            return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act)
+            # A pruned layer that falls back to dense sits among sparse layers:
+            # a small product runs BLAS on one thread (see SMALL_DENSE_MACS).
+            small = X.shape[0] * self.shape[0] * self.shape[1] <= SMALL_DENSE_MACS
+            return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, small)
         return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
                                self.shape[0], self._parts)
 

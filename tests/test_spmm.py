@@ -393,3 +393,48 @@ def test_packed_input_buffer_is_cache_line_aligned(shape, dtype):
     assert a.sum() == math.prod(shape)
     # Many allocations, so a plain np.empty (16-byte aligned) could not pass by luck.
     assert all(spmm_mod._aligned_empty((k, 64), dtype).ctypes.data % 64 == 0 for k in range(1, 40))
+
+
+def test_single_thread_blas_is_counted_and_restored():
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from sparseprune._threading import single_thread_blas
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    with sparseprune.thread_limit(2):
+        before = blas_threads()
+        with single_thread_blas():
+            assert set(blas_threads()) <= {1}
+            with single_thread_blas():
+                pass
+            assert set(blas_threads()) <= {1}  # the inner exit must not restore early
+        assert blas_threads() == before
+
+        barrier = threading.Barrier(8)
+
+        def worker():
+            with single_thread_blas():
+                barrier.wait()  # all eight inside at once
+            for _ in range(50):
+                with single_thread_blas():
+                    pass
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert blas_threads() == before
+
+
+def test_prepared_layer_dense_fallback_matches_reference():
+    # A small pruned layer the dispatcher keeps dense runs BLAS on one thread; same numbers.
+    rng = np.random.default_rng(11)
+    W = random_csr(rng, 10, 300, 0.05)
+    X = rng.standard_normal((64, 300)).astype(np.float32)
+    layer = sparseprune.SparseLinear(W, np.ones(10, np.float32), "relu")
+    np.testing.assert_allclose(layer(X, method="dense"), ref_linear(X, W.toarray(), np.ones(10), "relu"),
+                               rtol=1e-4, atol=1e-4)
