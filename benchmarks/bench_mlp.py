@@ -72,35 +72,44 @@ def test_mlp_predict(benchmark, models, batches, name, batch):
         np.testing.assert_array_equal(pred, models["sklearn-dense"].predict(X))
 
 
-def interleaved_medians(models, X, names=NAMES, rounds=ROUNDS):
-    """Median predict time per model, calls interleaved round-robin so machine load hits all alike."""
+def block_medians(models, X, names=NAMES, rounds=ROUNDS):
+    """Median predict time per model, each model timed as a block of back-to-back calls.
+
+    A block is two untimed calls then ``rounds`` timed ones; two passes in
+    opposite model order balance drift. Alternating single calls across models
+    would time each model right after another one's BLAS call, while BLAS's
+    idle worker threads still spin on the cores: an interference a service
+    running one model does not have.
+    """
     import time
 
-    for name in names:  # warm-up: compile, calibrate, build the prepared layers
-        models[name].predict(X)
     times = {name: [] for name in names}
-    for _ in range(rounds):
-        for name in names:
-            t0 = time.perf_counter()
-            models[name].predict(X)
-            times[name].append(time.perf_counter() - t0)
+    for order in (list(names), list(names)[::-1]):
+        for name in order:
+            predict = models[name].predict
+            predict(X)  # warm-up: compile, calibrate, build the prepared layers
+            predict(X)
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                predict(X)
+                times[name].append(time.perf_counter() - t0)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
 @pytest.mark.parametrize("threads", sorted({1, os.cpu_count()}))
 @pytest.mark.parametrize("batch", [1, 256])
 def test_mlp_speedup_table(models, batches, batch, threads, capsys):
-    """Interleaved ratios (the figures to report): each model's median vs the dense model's.
+    """The ratios to report: each model's median predict time vs the dense model's.
 
     Also at one thread: on a busy 2-core machine a 2-thread BLAS matrix-vector
     product sometimes waits a scheduler slice for its second thread (dense batch-1
     times jumped between ~2 and ~16 ms from run to run), which one thread avoids.
     """
     with sparseprune.thread_limit(threads):
-        med = interleaved_medians(models, batches[batch])
+        med = block_medians(models, batches[batch])
     with capsys.disabled():
         print(f"\nMLP predict {N_IN}-{HIDDEN[0]}-{HIDDEN[1]}-10 float32, batch={batch}, "
-              f"{threads} thread(s), median of {ROUNDS} interleaved rounds")
+              f"{threads} thread(s), median of 2 x {ROUNDS} timed calls per model")
         for name, t in med.items():
             print(f"  {name:28s} {t * 1e3:9.3f} ms   speedup vs dense {med['dense'] / t:6.2f}x   "
                   f"vs sklearn {med['sklearn-dense'] / t:6.2f}x")
