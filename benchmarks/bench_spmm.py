@@ -27,8 +27,10 @@ import scipy.sparse as sp
 
 import sparseprune
 
-N = 4096
-DENSITIES = (0.01, 0.05, 0.10, 0.20, 0.30, 0.50)
+# SPARSEPRUNE_BENCH_QUICK=1: tiny sizes, so CI's smoke run exercises every case.
+QUICK = os.environ.get("SPARSEPRUNE_BENCH_QUICK") == "1"
+N = 256 if QUICK else 4096
+DENSITIES = (0.05, 0.5) if QUICK else (0.01, 0.05, 0.10, 0.20, 0.30, 0.50)
 BATCHES = (1, 16, 64, 256)
 IMPLS = ("dense", "scipy", "ours", "auto", "linear")
 
