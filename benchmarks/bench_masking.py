@@ -1,7 +1,8 @@
 """Masking: sparseprune vs the numpy+scipy baseline, side by side in one group per case.
 
-Run: see the README's Performance section. SPARSEPRUNE_BENCH_QUICK=1 shrinks the
-matrices so CI can smoke-run the suite.
+Run: see the README's Performance section. benchmarks/conftest.py pins BLAS and numba
+to the same thread count; SPARSEPRUNE_BENCH_QUICK=1 shrinks the matrices so CI can
+smoke-run the suite.
 """
 from __future__ import annotations
 
@@ -21,13 +22,6 @@ ROUNDS = 1 if QUICK else 9
 @pytest.fixture(scope="module")
 def W():
     return np.random.default_rng(0).standard_normal((N, N)).astype(np.float32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def same_threads():
-    # BLAS and numba get the same thread count, so baseline and ours are compared fairly.
-    with sparseprune.thread_limit(os.cpu_count()):
-        yield
 
 
 def _run(benchmark, fn):
