@@ -50,11 +50,14 @@ _METHODS = ("auto", "dense", "sparse")
 #: ~0.5 ns per nonzero) and a few million multiply-adds at batch 16.
 SERIAL_WORK = 4_000_000
 SERIAL_WORK_SPMV = 1_500_000
-#: When a SparseLinear layer falls back to dense, products up to this many
-#: multiply-adds run BLAS on one thread: a second BLAS thread saves little on
-#: them, while BLAS's idle workers would then spin-wait against the sparse
-#: kernels of the next layers (see ``_threading.single_thread_blas``).
-SMALL_DENSE_MACS = 1 << 24
+#: When a SparseLinear layer falls back to dense and the product is predicted
+#: to take less than this (seconds), BLAS runs on one thread: a second BLAS
+#: thread saves at most this much, while BLAS's idle workers would then
+#: spin-wait against the sparse kernels of the next layers for far longer
+#: (see ``_threading.single_thread_blas``). Longer products, like a large
+#: matrix-vector product that needs both cores' memory bandwidth, keep all
+#: BLAS threads.
+SMALL_DENSE_S = 3e-4
 #: Inputs with at least this many elements are packed by all threads.
 PACK_PARALLEL = 1 << 18
 #: Output rows the SpMM kernel stages before one transposed copy into Y.
@@ -536,9 +539,9 @@ class SparseLinear:
             self._decisions[key] = d
         if d.path == "dense":
             # A pruned layer that falls back to dense sits among sparse layers:
-            # a small product runs BLAS on one thread (see SMALL_DENSE_MACS).
-            small = X.shape[0] * self.shape[0] * self.shape[1] <= SMALL_DENSE_MACS
-            return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, small)
+            # a short product runs BLAS on one thread (see SMALL_DENSE_S).
+            short = d.predicted_dense_s < SMALL_DENSE_S
+            return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, short)
         return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
                                self.shape[0], self._parts)
 
