@@ -12,7 +12,9 @@ NaN and inf in ``X`` propagate exactly as in the dense product: a dense
 ``0 * nan`` and ``0 * inf`` are NaN. So an input row holding a NaN gives an
 all-NaN output row, and an input row holding an inf gives NaN in every output
 whose weight row does not store a nonzero weight at each infinite column
-(the other outputs get the ±inf/NaN the stored weights produce).
+(the other outputs get the ±inf/NaN the stored weights produce). The dense
+path is numpy's own product, so it also emits numpy's RuntimeWarnings
+(overflow, invalid value) where ``X @ W.T`` would; the sparse path is silent.
 
 Threads: the sparse kernels run on ``numba.get_num_threads()`` threads, the
 dense path on BLAS's; :func:`sparseprune.thread_limit` sets both at once. The
@@ -283,13 +285,13 @@ def _activate_inplace(Y: np.ndarray, act: int) -> None:
 
 
 def _dense_forward(X, Wd, bias, has_bias: bool, act: int, single_thread: bool = False) -> np.ndarray:
-    # NaN/inf inputs give NaN quietly, as on the sparse path.
-    with np.errstate(invalid="ignore", over="ignore"):
-        if single_thread:
-            with single_thread_blas():
-                Y = np.ascontiguousarray(X @ Wd.T)
-        else:
+    # No np.errstate here: it cost ~40 us (3%) on a 4096x4096 matrix-vector
+    # product, and the dense path then warns on overflow exactly as X @ W.T does.
+    if single_thread:
+        with single_thread_blas():
             Y = np.ascontiguousarray(X @ Wd.T)
+    else:
+        Y = np.ascontiguousarray(X @ Wd.T)
     if has_bias:
         Y += bias
     _activate_inplace(Y, act)
