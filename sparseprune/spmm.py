@@ -52,8 +52,9 @@ _METHODS = ("auto", "dense", "sparse")
 #: ~0.5 ns per nonzero) and a few million multiply-adds at batch 16.
 SERIAL_WORK = 4_000_000
 SERIAL_WORK_SPMV = 1_500_000
-#: When a SparseLinear layer falls back to dense and the product is predicted
-#: to take less than this (seconds), BLAS runs on one thread: a second BLAS
+#: When a SparseLinear layer called with ``among_sparse=True`` falls back to
+#: dense and the product is predicted to take less than this (seconds), BLAS
+#: runs on one thread: a second BLAS
 #: thread saves at most this much, while BLAS's idle workers would then
 #: spin-wait against the sparse kernels of the next layers for far longer
 #: (see ``_threading.single_thread_blas``). Longer products, like a large
@@ -518,32 +519,36 @@ class SparseLinear:
                     self._dense_w = self.weight.toarray()
         return self._dense_w
 
-    def explain(self, X, method: str = "auto") -> Decision:
-        """The :class:`Decision` for inputs ``X`` (an array, or just its batch size as an int)."""
-        batch = _batch_of(X)
-        return _decide(batch, self.shape, self.nnz, method=_check_method(method), weights="prepared")
-
-    def __call__(self, X, method: str = "auto") -> np.ndarray:
-        """``act(X @ W.T + bias)`` of shape (batch, out), C-contiguous, W's dtype.
-
-        ``method`` forces ``"dense"`` (BLAS) or ``"sparse"`` (the numba kernel);
-        ``"auto"`` asks the calibrated dispatcher.
-        """
-        X = _check_input(X, self.shape[1], self.dtype)
-        key = (X.shape[0], method, numba.get_num_threads(), _cal.generation)
+    def _decision(self, batch: int, method: str) -> Decision:
+        key = (batch, method, numba.get_num_threads(), _cal.generation)
         d = self._decisions.get(key)
         if d is None:
             # A decision depends only on this key (the weights are fixed): small
             # layers would otherwise spend longer deciding than computing.
-            d = _decide(X.shape[0], self.shape, self.nnz, method=_check_method(method), weights="prepared")
+            d = _decide(batch, self.shape, self.nnz, method=_check_method(method), weights="prepared")
             if len(self._decisions) > 64:
                 self._decisions.clear()
             self._decisions[key] = d
+        return d
+
+    def explain(self, X, method: str = "auto") -> Decision:
+        """The :class:`Decision` for inputs ``X`` (an array, or just its batch size as an int)."""
+        return self._decision(_batch_of(X), method)
+
+    def __call__(self, X, method: str = "auto", *, among_sparse: bool = False) -> np.ndarray:
+        """``act(X @ W.T + bias)`` of shape (batch, out), C-contiguous, W's dtype.
+
+        ``method`` forces ``"dense"`` (BLAS) or ``"sparse"`` (the numba kernel);
+        ``"auto"`` asks the calibrated dispatcher. ``among_sparse=True`` says
+        that other layers of the same model run the sparse kernels: a short
+        dense fallback (predicted under ``SMALL_DENSE_S``) then runs BLAS on one
+        thread, so BLAS's idle workers do not spin against those kernels.
+        """
+        X = _check_input(X, self.shape[1], self.dtype)
+        d = self._decision(X.shape[0], method)
         if d.path == "dense":
-            # A pruned layer that falls back to dense sits among sparse layers:
-            # a short product runs BLAS on one thread (see SMALL_DENSE_S).
-            short = d.predicted_dense_s < SMALL_DENSE_S
-            return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, short)
+            one_thread = among_sparse and d.predicted_dense_s < SMALL_DENSE_S
+            return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, one_thread)
         return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
                                self.shape[0], self._parts)
 

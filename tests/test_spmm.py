@@ -431,10 +431,12 @@ def test_single_thread_blas_is_counted_and_restored():
 
 
 def test_prepared_layer_dense_fallback_matches_reference():
-    # A small pruned layer the dispatcher keeps dense runs BLAS on one thread; same numbers.
+    # A small dense fallback among sparse layers runs BLAS on one thread; same numbers.
     rng = np.random.default_rng(11)
     W = random_csr(rng, 10, 300, 0.05)
     X = rng.standard_normal((64, 300)).astype(np.float32)
     layer = sparseprune.SparseLinear(W, np.ones(10, np.float32), "relu")
-    np.testing.assert_allclose(layer(X, method="dense"), ref_linear(X, W.toarray(), np.ones(10), "relu"),
-                               rtol=1e-4, atol=1e-4)
+    expected = ref_linear(X, W.toarray(), np.ones(10), "relu")
+    for among_sparse in (False, True):
+        np.testing.assert_allclose(layer(X, method="dense", among_sparse=among_sparse), expected,
+                                   rtol=1e-4, atol=1e-4)
