@@ -48,7 +48,8 @@ _DEFAULT = {
     "pack_per_col": {"1": 1.0e-10, "8": 8.0e-9, "16": 1.5e-8, "32": 3.0e-8, "64": 6.0e-8, "256": 2.5e-7},
 }
 # Seconds per call on each path for a tiny layer (not scaled with threads).
-_DEFAULT_OVERHEAD = {"dense": 2.0e-6, "sparse": 8.0e-6}
+# "sparse_batched" is the SpMM path (batch > 1: packing, staging, more Python).
+_DEFAULT_OVERHEAD = {"dense": 2.0e-6, "sparse": 8.0e-6, "sparse_batched": 2.5e-5}
 
 _lock = threading.Lock()
 _tables: dict[str, dict] = {}
@@ -194,10 +195,13 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
     # Per-call overhead of each path, from a layer so small the product is negligible.
     tiny = SparseLinear(sp.random_array((8, 8), density=0.5, format="csr", dtype=np.float32, rng=rng))
     x1 = inputs[1][:, :8].copy()
-    tiny(x1, method="sparse")
-    tiny(x1, method="dense")
-    end = time.perf_counter() + 0.2
-    table["call_overhead_s"] = {path: _best(lambda: tiny(x1, method=path), 50, end) for path in ("dense", "sparse")}
+    x64 = inputs[64][:, :8].copy()
+    end = time.perf_counter() + 0.3
+    table["call_overhead_s"] = {
+        "dense": _best(lambda: tiny(x1, method="dense"), 50, end),
+        "sparse": _best(lambda: tiny(x1, method="sparse"), 50, end),
+        "sparse_batched": _best(lambda: tiny(x64, method="sparse"), 50, end),
+    }
     table["shape"] = [rows, cols]
     table["density"] = CAL_DENSITY
     table["seconds"] = round(budget_s - max(0.0, deadline - time.perf_counter()), 3)

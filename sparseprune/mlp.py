@@ -38,20 +38,17 @@ __all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
 # through ``_dispatch_choice``.
 # ---------------------------------------------------------------------------
 def _layer_forward(layer: "Layer", X, activation, among_sparse: bool = False):
-    """``act(X @ W.T + b)`` for one layer through the dispatcher.
+    """``act(X @ W.T + b)`` for one layer through the dispatcher; returns ``(output, ran_sparse)``.
 
     A CSR layer is prepared once as a ``SparseLinear`` (validation and row
     partitioning done once, cached on the layer); a dense layer goes to
     ``linear``, which runs BLAS for dense arrays.
     """
     if layer.is_sparse:
-        return layer._prepared(activation)(X, among_sparse=among_sparse)
-    return linear(X, layer.weight, bias=layer.bias, activation=activation)
-
-
-def _runs_sparse(layer: "Layer", activation, batch: int) -> bool:
-    """Whether the dispatcher sends this layer to the sparse kernel at this batch size (cached)."""
-    return layer.is_sparse and layer._prepared(activation).explain(batch).path == "sparse"
+        op = layer._prepared(activation)
+        Y = op(X, among_sparse=among_sparse)
+        return Y, op.last_path == "sparse"
+    return linear(X, layer.weight, bias=layer.bias, activation=activation), False
 
 
 def _dispatch_choice(W, batch_size):
@@ -372,11 +369,12 @@ class _BaseMLP(BaseEstimator):
         """Output of layer ``upto`` (0-based; hidden layers activated, the last one raw)."""
         H = X
         last = len(self.layers_) - 1
-        acts = [self.activation if i < last else None for i in range(upto + 1)]
-        # With any layer on the sparse kernels, short dense layers keep BLAS on one thread.
-        among_sparse = any(_runs_sparse(self.layers_[i], acts[i], X.shape[0]) for i in range(upto + 1))
+        ran_sparse = False
         for i in range(upto + 1):
-            H = _layer_forward(self.layers_[i], H, acts[i], among_sparse)
+            # Once a layer ran the sparse kernels, short dense layers after it keep
+            # BLAS on one thread (its idle workers would spin against our kernels).
+            H, sparse_here = _layer_forward(self.layers_[i], H, self.activation if i < last else None, ran_sparse)
+            ran_sparse |= sparse_here
         return H
 
     def _batch_size(self, n):

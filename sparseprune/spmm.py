@@ -253,7 +253,7 @@ def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decisi
     # decides tiny layers, where either product itself takes a microsecond.
     overhead = table.get("call_overhead_s", {})
     td += float(overhead.get("dense", 0.0))
-    ts += float(overhead.get("sparse", 0.0))
+    ts += float(overhead.get("sparse" if batch == 1 else "sparse_batched", overhead.get("sparse", 0.0)))
     extra = ""
     if weights == "csr":
         # linear(X, W_csr) has no dense copy to reuse: going dense means expanding W on every call.
@@ -490,6 +490,8 @@ class SparseLinear:
         self._dense_w = None
         self._row_starts: dict[int, np.ndarray] = {}
         self._decisions: dict[tuple, Decision] = {}
+        #: Path of the latest call ("dense" or "sparse"), for callers chaining layers.
+        self.last_path: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -546,6 +548,7 @@ class SparseLinear:
         """
         X = _check_input(X, self.shape[1], self.dtype)
         d = self._decision(X.shape[0], method)
+        self.last_path = d.path
         if d.path == "dense":
             one_thread = among_sparse and d.predicted_dense_s < SMALL_DENSE_S
             return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, one_thread)
