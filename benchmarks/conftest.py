@@ -49,6 +49,8 @@ def pytest_collect_file(file_path, parent):
         return None
     if any(fnmatch.fnmatch(name, pat) for pat in parent.config.getini("python_files")):
         return None  # the python plugin collects it already (e.g. -o python_files='bench_*.py')
+    if parent.session.isinitpath(file_path):
+        return None  # named on the command line: the python plugin collects it already
     return pytest.Module.from_parent(parent, path=file_path)
 
 
