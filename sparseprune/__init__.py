@@ -1,6 +1,20 @@
 """sparseprune: numba-accelerated sparse kernels that turn pruning into real speed."""
 from __future__ import annotations
 
+import importlib.util as _ilu
+import os as _os
+
+# kernels/ sits beside this package in the source tree and is installed as
+# sparseprune.kernels (setuptools package-dir). When this package is imported
+# straight from a checkout (``python -m sparseprune`` in the repo root puts the
+# checkout first on sys.path), point the subpackage search at the checkout so
+# sparseprune.kernels resolves there too. A top-level ``kernels`` is never made
+# importable.
+if _ilu.find_spec(__name__ + ".kernels") is None:
+    _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    if _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")):
+        __path__.append(_root)
+
 from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
 from sparseprune.spmm import Decision, SparseLinear, calibrate, explain, linear, set_calibration
 from sparseprune.masking import (

@@ -78,8 +78,8 @@ def _float_list(name: str, low: float, high: float, *, low_inclusive: bool = Tru
             ok = (low <= v if low_inclusive else low < v) and (v <= high if high_inclusive else v < high)
             if not ok:
                 raise argparse.ArgumentTypeError(
-                    f"{item} is not a {name[:-1]} in {opening}{low:g}, {high:g}{closing}; give comma-separated "
-                    f"fractions like 0.5,0.9")
+                    f"{item} is outside {opening}{low:g}, {high:g}{closing}; give comma-separated {name} "
+                    f"as fractions like 0.5,0.9")
             values.append(v)
         return sorted(set(values))
 
