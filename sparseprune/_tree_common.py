@@ -70,3 +70,13 @@ def leaf_predictions(tree) -> np.ndarray:
     if is_classifier(tree):
         return np.argmax(v, axis=1)
     return v[:, 0]
+
+
+def check_shape(X, n_features: int, name: str, model: str):
+    """``X`` must be 2-D with ``n_features`` columns; ``model`` names what expects them."""
+    if X.ndim != 2:
+        raise ValueError(f"{name} is {X.ndim}-dimensional with shape {X.shape}; pass a 2-D array "
+                         "(n_samples, n_features).")
+    if X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features, but {model} is expecting {n_features} "
+                         "features as input.")

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from sklearn.base import is_classifier
 
 from sparseprune._threading import parallel_guard, thread_limit
-from sparseprune._tree_common import check_tree_estimator
+from sparseprune._tree_common import check_shape, check_tree_estimator
 from sparseprune._validation import check_int
 from sparseprune.kernels.tree import (
     fill_compact,
@@ -131,12 +131,7 @@ class CompiledTree:
             X = X.astype(np.float32)   # scikit-learn converts every input to float32 too
         elif X.dtype.kind != "f":
             raise TypeError(f"X has dtype {X.dtype}; pass numeric features (float32 or float64).")
-        if X.ndim != 2:
-            raise ValueError(f"X is {X.ndim}-dimensional with shape {X.shape}; pass a 2-D array "
-                             "(n_samples, n_features).")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but the compiled {self.estimator_type_} is "
-                             f"expecting {self.n_features_in_} features as input.")
+        check_shape(X, self.n_features_in_, "X", f"the compiled {self.estimator_type_}")
         return np.ascontiguousarray(X)
 
     def _run(self, X, n_threads):

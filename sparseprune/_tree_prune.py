@@ -12,7 +12,7 @@ from scipy.stats import norm
 from sklearn.base import is_classifier
 from sklearn.tree._tree import Tree
 
-from sparseprune._tree_common import check_tree_estimator, class_index, is_forest, leaf_predictions
+from sparseprune._tree_common import check_shape, check_tree_estimator, class_index, is_forest, leaf_predictions
 from sparseprune._validation import check_number
 from sparseprune.kernels.tree import ccp_prune, collapse_by_cost, collapse_where, preorder_keep
 
@@ -78,16 +78,8 @@ def _check_params(estimator, method, params: dict) -> dict:
 
 def _check_X(estimator, X, name: str):
     """Check rows for ``decision_path``: 2-D, the fitted width (scikit-learn validates the rest)."""
-    if sp.issparse(X):
-        X = X.tocsr()
-    else:
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise ValueError(f"{name} is {X.ndim}-dimensional with shape {X.shape}; pass a 2-D array "
-                             "(n_samples, n_features).")
-    if X.shape[1] != estimator.n_features_in_:
-        raise ValueError(f"{name} has {X.shape[1]} features, but {type(estimator).__name__} "
-                         f"is expecting {estimator.n_features_in_} features as input.")
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+    check_shape(X, estimator.n_features_in_, name, type(estimator).__name__)
     return X
 
 
