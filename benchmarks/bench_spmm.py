@@ -15,7 +15,7 @@ Run::
     pytest benchmarks/bench_spmm.py -o python_files='bench_*.py' --benchmark-group-by=group
 
 For a compact table with the speedups (interleaved runs, medians), use
-``sparseprune.spmm.spmm_sweep`` or the ``sparseprune bench`` command.
+the ``sparseprune bench --kernels linear`` command.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def check_float_matrix(W, name: str = "W", *, allow_nan: bool = False) -> np.nda
         elif arr.dtype.kind == "f":
             hint = f"cast with {name}.astype(np.float32)"
         else:
-            hint = f"pass a numeric array and cast it with .astype(np.float32)"
+            hint = "pass a numeric array and cast it with .astype(np.float32)"
         raise TypeError(f"{name} has dtype {arr.dtype}; only float32 and float64 are supported: {hint}.")
     if arr.ndim != 2:
         raise ValueError(

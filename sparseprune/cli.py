@@ -16,8 +16,6 @@ import argparse
 import contextlib
 import copy
 import datetime as _dt
-import json
-import os
 import sys
 import tempfile
 import time
@@ -747,9 +745,9 @@ def _crossover(densities: Sequence[float], speedups: Sequence[float]) -> dict:
 def _bench_linear(run: _Run, n: int, densities: Sequence[float], batches: Sequence[int]) -> dict:
     import sparseprune as sp
 
-    # With SparseLinear (weights prepared once, as an MLP layer holds them) we can time the
-    # sparse kernel itself (method="sparse") and the dispatcher (method="auto") separately;
-    # the crossover density is the kernel's. Without it, only linear() as users call it.
+    # SparseLinear holds the weights prepared once, as an MLP layer does, so the sparse
+    # kernel (method="sparse") and the dispatcher (method="auto") are timed separately;
+    # the crossover density is the kernel's.
     rng = np.random.default_rng(run.args.seed)
     rows = []
     for d in run.progress(densities, "bench: linear densities"):

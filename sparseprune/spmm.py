@@ -28,10 +28,8 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numba
 import numpy as np
@@ -42,7 +40,7 @@ from sparseprune._threading import single_thread_blas, thread_limit
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
 from sparseprune.kernels import spmm as _k
 
-__all__ = ["Decision", "SparseLinear", "calibrate", "explain", "linear", "set_calibration", "spmm_sweep"]
+__all__ = ["Decision", "SparseLinear", "calibrate", "explain", "linear", "set_calibration"]
 
 ACTIVATIONS = tuple(_k.ACTIVATIONS)
 _METHODS = ("auto", "dense", "sparse")
@@ -691,72 +689,3 @@ def calibrate(force: bool = False, *, n_threads: int | None = None) -> dict:
 def set_calibration(table: dict | None) -> None:
     """Use ``table`` (as returned by :func:`calibrate`) for every decision; ``None`` restores normal lookup."""
     _cal.set_override(table)
-
-
-def spmm_sweep(densities: Sequence[float] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5),
-               batches: Sequence[int] = (1, 16, 64, 256), n: int = 4096, *, repeats: int = 7,
-               n_threads: int | None = None, dtype=np.float32, seed: int = 0,
-               include_scipy: bool = True) -> list[dict]:
-    """Time ours, scipy and dense BLAS on an ``n x n`` layer over densities and batch sizes.
-
-    For each (density, batch): ``X @ W_dense.T`` (BLAS), ``W_csr @ X.T`` (scipy),
-    our sparse kernel (``SparseLinear(W)(X, method="sparse")``) and the
-    dispatcher (``SparseLinear(W)(X)``), in one process with the same thread
-    count. Each runs as a block of two warm-up calls and ``repeats`` timed
-    calls, in two passes of opposite order; the figure is the median of the
-    ``2 * repeats`` timed calls.
-
-    Returns
-    -------
-    list of dict
-        One row per (density, batch): ``density``, ``batch``, ``n``,
-        ``n_threads``, median seconds ``dense_s``, ``scipy_s`` (NaN if skipped),
-        ``ours_s``, ``auto_s``, the ``auto_path`` chosen, and the speedups
-        ``vs_dense`` and ``vs_scipy`` of ours and ``auto_vs_dense``.
-    """
-    rows = []
-    rng = np.random.default_rng(seed)
-    with thread_limit(n_threads) as nt:
-        for density in densities:
-            W = sp.random_array((n, n), density=density, format="csr", dtype=dtype, rng=rng)
-            layer = SparseLinear(W)
-            # The baseline uses the layer's own dense copy, the array the
-            # dispatcher's dense path multiplies by: two separately allocated
-            # 64 MiB copies can differ by several percent in BLAS speed
-            # (page placement), which would blur the dispatcher comparison.
-            Wd = layer._dense()
-            for batch in batches:
-                X = rng.standard_normal((batch, n)).astype(dtype)
-                fns = {
-                    "dense": lambda: X @ Wd.T,
-                    "ours": lambda: layer(X, method="sparse"),
-                    "auto": lambda: layer(X),
-                }
-                if include_scipy:
-                    fns["scipy"] = lambda: W @ X.T
-                times = {k: [] for k in fns}
-                # Each implementation runs as a block: two untimed calls, then
-                # `repeats` timed ones back to back. Alternating single calls
-                # would time every library right after the other one, while
-                # OpenBLAS's (or our pool's) threads still spin-wait on the
-                # cores: an interference a real run of one model does not have.
-                # Two passes in opposite orders balance any drift.
-                for order in (list(fns), list(fns)[::-1]):
-                    for k in order:
-                        f = fns[k]
-                        f()
-                        f()
-                        for _ in range(repeats):
-                            t0 = time.perf_counter()
-                            f()
-                            times[k].append(time.perf_counter() - t0)
-                med = {k: float(np.median(v)) for k, v in times.items()}
-                sc = med.get("scipy", math.nan)
-                rows.append(dict(
-                    density=density, batch=batch, n=n, n_threads=nt,
-                    dense_s=med["dense"], scipy_s=sc, ours_s=med["ours"], auto_s=med["auto"],
-                    auto_path=layer.explain(batch).path,
-                    vs_dense=med["dense"] / med["ours"], vs_scipy=sc / med["ours"],
-                    auto_vs_dense=med["dense"] / med["auto"],
-                ))
-    return rows

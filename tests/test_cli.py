@@ -7,12 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import sparseprune
 from sparseprune import cli
 from sparseprune._report import atomic_write, format_table, pareto_front, write_json
 

@@ -375,12 +375,6 @@ def test_eight_python_threads_same_results(monkeypatch):
             np.testing.assert_array_equal(Y, expected[k])
 
 
-def test_sweep_returns_rows():
-    rows = spmm_mod.spmm_sweep([0.1], [1, 16], n=64, repeats=1)
-    assert [(r["density"], r["batch"]) for r in rows] == [(0.1, 1), (0.1, 16)]
-    assert all(r["ours_s"] > 0 and r["dense_s"] > 0 and r["auto_path"] in ("dense", "sparse") for r in rows)
-
-
 @pytest.mark.parametrize("shape, dtype", [((3, 5, 64), np.float32), ((1, 7, 8), np.float64), ((0, 4, 16), np.float32)])
 def test_packed_input_buffer_is_cache_line_aligned(shape, dtype):
     # The SpMM inner loop loads xp[blk, j, :] runs: a 16-byte offset (numpy's
