@@ -14,6 +14,8 @@ import types
 from typing import Callable
 
 import numba
+from numba.core import types as _types
+from numba.core.extending import intrinsic
 
 FASTMATH = frozenset({"reassoc", "contract"})
 
@@ -55,3 +57,35 @@ def jit_variants(fn: Callable, *, fastmath: bool | frozenset = True):
     serial_fn.__module__ = fn.__module__
     serial_fn.__doc__ = fn.__doc__
     return jit(serial_fn, parallel=False, fastmath=fastmath), jit(fn, parallel=True, fastmath=fastmath)
+
+
+#: LLVM function attributes that let one function use 512-bit vectors.
+_WIDE_ATTRS = ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"')
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Call first thing in a kernel to let LLVM use 512-bit vectors in it (no code emitted).
+
+    LLVM's x86 tuning for AVX-512 cores prefers 256-bit vectors (the
+    ``prefer-256-bit`` feature), so numba code never uses zmm registers.
+    The SpMM kernels gain from them: one broadcast and ``width / 16`` fused
+    multiply-adds per nonzero instead of ``width / 8`` (measured 1.5-2x per
+    nonzero once the packed input sits in L1). A per-function attribute keeps
+    the rest of the process (and the user's own numba code) on numba's
+    defaults, where a process-wide ``NUMBA_CPU_FEATURES`` would not. On a CPU
+    without AVX-512 the attribute changes nothing. The attribute set is
+    llvmlite's own; if its internals ever change, the kernel just compiles
+    with the default width.
+    """
+
+    def codegen(context, builder, signature, args):
+        attrs = builder.function.attributes
+        try:
+            for a in _WIDE_ATTRS:
+                set.add(attrs, a)  # bypasses the known-names check: string attributes are valid IR
+        except Exception:  # pragma: no cover - a future llvmlite
+            pass
+        return context.get_dummy_value()
+
+    return _types.void(), codegen

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import scipy
 
-FORMAT = 3
+FORMAT = 4
 CAL_ROWS, CAL_COLS, CAL_DENSITY = 2048, 4096, 0.2
 BATCHES = (1, 8, 16, 32, 64, 256)
 #: Sparse is chosen only when predicted at least this much faster than dense,
@@ -150,7 +150,7 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
     """Run the micro-benchmark and return a fresh table (not cached)."""
     import scipy.sparse as sp
 
-    from sparseprune.spmm import SparseLinear, _packed_blocks
+    from sparseprune.spmm import SparseLinear, _pack_input
 
     rng = np.random.default_rng(0)
     W = sp.random_array((rows, cols), density=CAL_DENSITY, format="csr", dtype=np.float32, rng=rng)
@@ -170,7 +170,7 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
         # Interleave the two so a burst of load from elsewhere hits both; keep
         # the best of each (the least disturbed run).
         td = ts = tp = math.inf
-        pack = (lambda: _packed_blocks(X, n_threads)) if b > 1 else (lambda: np.isfinite(X[0]).all())
+        pack = (lambda: _pack_input(X, n_threads)) if b > 1 else (lambda: np.isfinite(X[0]).all())
         for _ in range(3):
             td = min(td, _best(lambda: X @ dense_w.T, reps, deadline))
             ts = min(ts, _best(lambda: layer(X, method="sparse"), reps, deadline))

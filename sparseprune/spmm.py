@@ -25,10 +25,8 @@ threads may call :func:`linear` at the same time. Small work (fewer than
 """
 from __future__ import annotations
 
-import itertools
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numba
@@ -36,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparseprune import _calibration as _cal
-from sparseprune._threading import single_thread_blas, thread_limit
+from sparseprune._threading import parallel_guard, single_thread_blas, thread_limit
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
 from sparseprune.kernels import spmm as _k
 
@@ -48,8 +46,8 @@ _METHODS = ("auto", "dense", "sparse")
 #: thread: handing work to pool threads cost 100-150 us on the 2-core test
 #: machine, and measured break-even was about 1.3M nonzeros at batch 1 (SpMV,
 #: ~0.5 ns per nonzero) and a few million multiply-adds at batch 16.
-SERIAL_WORK = 4_000_000
-SERIAL_WORK_SPMV = 1_500_000
+SERIAL_WORK = 300_000
+SERIAL_WORK_SPMV = 32_000
 #: When a SparseLinear layer called with ``among_sparse=True`` falls back to
 #: dense and the product is predicted to take less than this (seconds), BLAS
 #: runs on one thread: a second BLAS
@@ -60,9 +58,16 @@ SERIAL_WORK_SPMV = 1_500_000
 #: BLAS threads.
 SMALL_DENSE_S = 3e-4
 #: Inputs with at least this many elements are packed by all threads.
-PACK_PARALLEL = 1 << 18
-#: Output rows the SpMM kernel stages before one transposed copy into Y.
-OUT_CHUNK = 64
+PACK_PARALLEL = 1 << 19
+#: Output rows per chunk of the tiled SpMM layout (their partial sums, 128 x
+#: 64 lanes, stay in L1/L2 while the chunk's panels go by).
+ROWS_PER_CHUNK = 128
+#: Panel sizing (see _panel_width): nonzeros wanted per row and panel, and
+#: the narrowest panel.
+PANEL_NNZ = 48
+MIN_PANEL = 128
+#: Segments of the tiled layout are padded to a multiple of this many nonzeros.
+PAD_TO = 2
 #: Byte alignment of the packed input (one cache line).
 _ALIGN = 64
 #: nnz-balanced row ranges per thread, taken dynamically (see _run_rows).
@@ -297,56 +302,12 @@ def _dense_forward(X, Wd, bias, has_bias: bool, act: int, single_thread: bool = 
     return Y
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        with _pool_lock:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                                           thread_name_prefix="sparseprune")
-    return _pool
-
-
-def _run_rows(kernel, n_threads: int, rs: np.ndarray, head: tuple, tail: tuple) -> None:
-    """Run ``kernel(*head, part, *tail)`` over the row ranges ``rs`` with ``n_threads`` threads.
-
-    The serial kernels release the GIL, so plain Python threads run them in
-    parallel. Threads take the next nnz-balanced range from a shared counter
-    (dynamic scheduling: a core slowed by other work simply takes fewer
-    ranges), and the calling thread works too. Unlike a numba ``prange``
-    launch this needs no thread-safe threading layer, and concurrent callers
-    just share the pool.
-    """
-    n_parts = rs.size - 1
-    n_threads = min(n_threads, n_parts)
-    if n_threads <= 1:
-        kernel(*head, rs, *tail)
-        return
-    counter = itertools.count()
-
-    def work():
-        while True:
-            k = next(counter)  # atomic under the GIL
-            if k >= n_parts:
-                return
-            kernel(*head, rs[k:k + 2], *tail)
-
-    futures = [_executor().submit(work) for _ in range(n_threads - 1)]
-    work()
-    for f in futures:
-        f.result()
-
-
 def _aligned_empty(shape: tuple, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` starting on a 64-byte (cache-line) boundary.
 
     numpy's large allocations start 16 bytes past a page boundary, so each
-    packed ``xp[blk, j, :]`` run would straddle cache lines: half the 32-byte
-    loads of the SpMM inner loop (and every 64-byte one) would be split loads.
+    packed ``xp[blk, j, :]`` run would straddle cache lines: every 64-byte
+    load of the SpMM inner loop would be a split load.
     """
     dtype = np.dtype(dtype)
     n = math.prod(shape)
@@ -355,80 +316,237 @@ def _aligned_empty(shape: tuple, dtype) -> np.ndarray:
     return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def _pack(X: np.ndarray, xp: np.ndarray, n_threads: int) -> np.ndarray:
-    """Pack ``X`` into ``xp`` (see ``kernels.spmm.pack``); returns per-row non-finite flags.
+class _Packed:
+    """A batch in the SpMM kernels' feature-major layout, plus its non-finite rows.
 
-    Packing costs O(batch x n_in) whatever the layer's nnz (about 2 ns per
-    element on one core), so a large input is packed by several threads even
-    when the layer itself is small enough to multiply serially.
+    ``blocks`` holds ``(b0, b1, width, xp)``: rows ``b0:b1`` of the batch packed
+    as ``xp[block, feature, lane]``. A layer's packed output is the next
+    layer's packed input, so chained sparse layers skip the pack and the
+    transposed write.
     """
-    n_chunks = max(1, (X.shape[1] + _k.PACK_CHUNK - 1) // _k.PACK_CHUNK)
-    n_tiles = xp.shape[0] * n_chunks
-    flags = np.zeros((n_chunks, X.shape[0]), np.int8)
-    parts = PARTS_PER_THREAD * n_threads if X.size >= PACK_PARALLEL and n_threads > 1 else 1
-    bounds = np.linspace(0, n_tiles, min(parts, n_tiles) + 1).astype(np.int64)
-    _run_rows(_k.pack, n_threads if parts > 1 else 1, bounds, (X, xp, flags), ())
-    return flags.max(axis=0)
+
+    __slots__ = ("blocks", "n_batch", "n_feat", "nonfinite", "slot")
+
+    def __init__(self, blocks: list, n_batch: int, n_feat: int, nonfinite: np.ndarray, slot: int) -> None:
+        self.slot = slot  # which of the thread's two scratch slots holds it
+        self.blocks = blocks
+        self.n_batch = n_batch
+        self.n_feat = n_feat
+        self.nonfinite = nonfinite
+
+    def unpack(self, dtype) -> np.ndarray:
+        """The (batch, features) C-ordered array."""
+        Y = np.empty((self.n_batch, self.n_feat), dtype)
+        for b0, b1, width, xp in self.blocks:
+            for blk in range(xp.shape[0]):
+                lo = b0 + blk * width
+                hi = min(b1, lo + width)
+                Y[lo:hi] = xp[blk, :, :hi - lo].T
+        return Y
 
 
-def _packed_blocks(X: np.ndarray, n_threads: int) -> list:
-    """X packed for the SpMM kernels: ``(b0, b1, width, xp, nonfinite_flags)`` per batch range.
-
-    Full blocks of 64 rows first, then the remainder in the narrowest width
-    that holds it.
-    """
-    n_batch, n_in = X.shape
+def _block_layout(n_batch: int) -> list:
+    """``(b0, b1, width, n_blocks)``: full blocks of 64 rows, then the rest in the narrowest width that holds it."""
     full = (n_batch // 64) * 64
     out = []
     for b0, b1 in ((0, full), (full, n_batch)):
-        if b1 == b0:
-            continue
-        width = 64 if b0 == 0 and full else _width_for(b1 - b0)
-        n_blocks = (b1 - b0 + width - 1) // width
-        xp = _aligned_empty((n_blocks, n_in, width), X.dtype)
-        pad = n_blocks * width - (b1 - b0)
-        if pad:
-            xp[-1, :, width - pad:] = 0  # padding lanes are computed (never stored): keep them finite
-        out.append((b0, b1, width, xp, _pack(X[b0:b1], xp, n_threads)))
+        if b1 > b0:
+            width = 64 if b0 == 0 and full else _width_for(b1 - b0)
+            out.append((b0, b1, width, (b1 - b0 + width - 1) // width))
     return out
 
 
-def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for) -> np.ndarray:
+_scratch = threading.local()
+
+
+def _scratch_array(slot: int, shape: tuple, dtype) -> np.ndarray:
+    """A 64-byte aligned work array for this thread, reused across calls.
+
+    The packed inputs are megabytes (4 MiB for 256 x 4096 float32); a fresh
+    allocation per call paid its page faults every time (0.2 ms per 4 MiB
+    measured here, as much as packing itself on 2 threads). Each thread
+    keeps its own buffers, so concurrent callers never share one.
+    """
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    buf = bufs.get(slot)
+    if buf is None or buf.size < nbytes:
+        buf = _aligned_empty((max(nbytes, 64),), np.uint8)
+        bufs[slot] = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _new_blocks(n_batch: int, n_feat: int, dtype, slot: int) -> list:
+    blocks = []
+    for i, (b0, b1, width, n_blocks) in enumerate(_block_layout(n_batch)):
+        xp = _scratch_array(2 * slot + i, (n_blocks, n_feat, width), dtype)
+        pad = n_blocks * width - (b1 - b0)
+        if pad:
+            # Padding lanes are computed like the others (never stored): zeros
+            # keep them free of denormals and NaN.
+            xp[-1, :, width - pad:] = 0
+        blocks.append((b0, b1, width, xp))
+    return blocks
+
+
+def _pack_input(X: np.ndarray, n_threads: int) -> _Packed:
+    """Pack ``X`` (batch, K) for the SpMM kernels and flag its non-finite rows.
+
+    Packing costs O(batch x K) whatever the layer's nnz (about 0.5 ns per
+    value on one core), so a large input is packed by all threads even when
+    the product itself runs on one.
+    """
     n_batch, n_in = X.shape
-    Y = np.empty((n_batch, n_out), dtype=data.dtype)
-    if n_batch == 0 or n_out == 0:
-        return Y
-    n_threads = n_threads_all = numba.get_num_threads()
-    parallel = int(indptr[-1]) * n_batch >= (SERIAL_WORK_SPMV if n_batch == 1 else SERIAL_WORK) and n_threads > 1
-    if not parallel:
-        n_threads = 1
-    rs = row_starts_for(PARTS_PER_THREAD * n_threads if parallel else 1)
-    if n_batch == 1:
-        x = np.ascontiguousarray(X[0])
-        _run_rows(_k.spmv, n_threads, rs, (data, indices, indptr, x, bias, act), (Y[0],))
-        flags = np.array([not np.isfinite(x).all()], np.int8)
+    flags = np.empty(n_batch, np.int8)
+    blocks = _new_blocks(n_batch, n_in, X.dtype, slot=0)
+    for b0, b1, width, xp in blocks:
+        n_tiles = _k.pack_tiles(b1 - b0, width, n_in)
+        xb = X[b0:b1]
+        if xb.size >= PACK_PARALLEL and n_threads > 1 and n_tiles > 1:
+            bounds = np.linspace(0, n_tiles, min(n_tiles, PARTS_PER_THREAD * n_threads) + 1).astype(np.int64)
+            with parallel_guard():
+                _k.pack_par(xb, xp, bounds, flags[b0:b1])
+        else:
+            _k.pack(xb, xp, 0, n_tiles)
+            _k.nonfinite_rows(xb, flags[b0:b1])
+    return _Packed(blocks, n_batch, n_in, flags, slot=0)
+
+
+class _Tiled:
+    """Weights in the SpMM kernels' tiled layout (see ``kernels.spmm.tile_csr``)."""
+
+    __slots__ = ("data", "cols", "seg", "n_panels", "rows_per_chunk", "panel", "chunk_ptr", "_parts")
+
+    def __init__(self, data, cols, seg, n_rows: int, n_panels: int, rows_per_chunk: int, panel: int) -> None:
+        self.data, self.cols, self.seg = data, cols, seg
+        self.n_panels, self.rows_per_chunk, self.panel = n_panels, rows_per_chunk, panel
+        # Nonzeros before each chunk (the last entry: all of them), for
+        # nnz-balanced chunk ranges. The one-panel view's seg is indptr, which
+        # ends at n_rows, not at a whole number of chunks.
+        n_chunks = -(-n_rows // rows_per_chunk)
+        starts = np.minimum(np.arange(n_chunks + 1) * (n_panels * rows_per_chunk), seg.size - 1)
+        self.chunk_ptr = np.ascontiguousarray(seg[starts])
+        self._parts: dict[int, np.ndarray] = {}
+
+    def parts(self, n: int) -> np.ndarray:
+        p = self._parts.get(n)
+        if p is None:
+            p = _k.balanced_row_starts(self.chunk_ptr, n)
+            self._parts[n] = p
+        return p
+
+
+def _panel_width(n_in: int, density: float) -> int:
+    """Input features per panel: about ``PANEL_NNZ`` nonzeros per row and panel, at least ``MIN_PANEL``.
+
+    A panel of the packed input (``panel x 64`` values) is read by every row of
+    a chunk, so a narrow one stays in L1; but each row pays a fixed cost per
+    panel (its partial sums loaded and stored, a mispredicted loop exit), so
+    sparse rows want wide panels.
+    """
+    want = PANEL_NNZ / density if density > 0 else math.inf
+    panel = MIN_PANEL
+    while panel < want and panel < n_in:
+        panel *= 2
+    return max(1, min(panel, n_in, _k.PANEL_MAX))
+
+
+def _tile(data, indices, indptr, n_in: int, panel: int) -> _Tiled:
+    n_panels = max(1, -(-n_in // panel))
+    tdata, tcols, seg = _k.tile_csr(data, indices, indptr, ROWS_PER_CHUNK, panel, n_panels, PAD_TO)
+    return _Tiled(tdata, tcols, seg, indptr.size - 1, n_panels, ROWS_PER_CHUNK, panel)
+
+
+def _untiled(data, indices, indptr, n_in: int) -> _Tiled:
+    """The one-panel tiled view of canonical CSR, for one-off calls (no reordering)."""
+    if n_in > _k.PANEL_MAX:
+        return _tile(data, indices, indptr, n_in, _k.PANEL_MAX)
+    return _Tiled(data, indices.astype(np.uint16), indptr.astype(np.int64), indptr.size - 1, 1, ROWS_PER_CHUNK,
+                  max(1, n_in))
+
+
+def _spmm(packed: _Packed, t: _Tiled, bias, act: int, n_out: int, n_threads: int, out_packed: bool):
+    """The SpMM kernels over every block of ``packed``: a (batch, out) array or, if ``out_packed``, a _Packed."""
+    dtype = t.data.dtype
+    nnz = int(t.seg[-1])
+    parallel = n_threads > 1 and nnz * packed.n_batch >= SERIAL_WORK
+    parts = t.parts(PARTS_PER_THREAD * n_threads) if parallel else None
+    if out_packed:
+        out_blocks = _new_blocks(packed.n_batch, n_out, dtype, slot=1 - packed.slot)
+        Y = None
     else:
-        flag_parts = []
-        for b0, b1, width, xp, fl in _packed_blocks(X, n_threads_all):
-            flag_parts.append(fl)
-            _run_rows(_k.spmm_kernel(width), n_threads, rs, (data, indices, indptr, xp, bias, act),
-                      (Y[b0:b1], OUT_CHUNK))
-        flags = np.concatenate(flag_parts)
-    if flags.any():
-        _propagate_nonfinite(X, np.flatnonzero(flags), data, indices, indptr, n_in, Y)
+        Y = np.empty((packed.n_batch, n_out), dtype)
+    no_y = np.empty((0, 0), dtype)
+    no_yp = np.empty((0, 0, 0), dtype)
+    for i, (b0, b1, width, xp) in enumerate(packed.blocks):
+        y, yp = (no_y, out_blocks[i][3]) if out_packed else (Y[b0:b1], no_yp)
+        args = (t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, xp, bias, act)
+        if parallel:
+            with parallel_guard():
+                _k.spmm_kernel(width, parallel=True)(*args, parts, y, yp)
+        else:
+            _k.spmm_kernel(width)(*args, 0, t.chunk_ptr.size - 1, y, yp)
+    if out_packed:
+        return _Packed(out_blocks, packed.n_batch, n_out, np.zeros(packed.n_batch, np.int8), 1 - packed.slot)
     return Y
 
 
-def _propagate_nonfinite(X, rows, data, indices, indptr, n_in, Y) -> None:
-    """Give ``Y[rows]`` the NaNs the dense product has (see the module docstring)."""
+def _spmv(X, data, indices, indptr, bias, act, n_out, row_starts_for, n_threads):
+    Y = np.empty((1, n_out), dtype=data.dtype)
+    x = np.ascontiguousarray(X[0])
+    if n_threads > 1 and int(indptr[-1]) >= SERIAL_WORK_SPMV:
+        with parallel_guard():
+            _k.spmv_par(data, indices, indptr, x, bias, act, row_starts_for(PARTS_PER_THREAD * n_threads), Y[0])
+    else:
+        _k.spmv(data, indices, indptr, x, bias, act, row_starts_for(1), Y[0])
+    return Y
+
+
+def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, tiled,
+                    spmv_cols=None) -> np.ndarray:
+    """``act(X @ W.T + bias)`` on the sparse kernels; ``tiled()`` gives W for the SpMM.
+
+    ``spmv_cols`` are the column indices the SpMV reads (a uint16 copy of
+    ``indices`` where it fits: 6 bytes per nonzero instead of 8).
+    """
+    n_batch, n_in = X.shape
+    if n_batch == 0 or n_out == 0:
+        return np.empty((n_batch, n_out), dtype=data.dtype)
+    n_threads = numba.get_num_threads()
+    if n_batch == 1:
+        cols = indices if spmv_cols is None else spmv_cols
+        Y = _spmv(X, data, cols, indptr, bias, act, n_out, row_starts_for, n_threads)
+        flags = np.array([not np.isfinite(X[0]).all()], np.int8)
+    else:
+        packed = _pack_input(X, n_threads)
+        flags = packed.nonfinite
+        Y = _spmm(packed, tiled(), bias, act, n_out, n_threads, out_packed=False)
+    if flags.any():
+        _propagate_nonfinite(X, np.flatnonzero(flags), data, indices, indptr, bias, act, Y)
+    return Y
+
+
+def _propagate_nonfinite(X, rows, data, indices, indptr, bias, act, Y) -> None:
+    """Give ``Y[rows]`` the NaNs the dense product has (see the module docstring).
+
+    Rows with an inf are recomputed from the canonical CSR (the tiled layout's
+    zero padding would turn ``0 * inf`` into NaN where a stored weight gives
+    +-inf), then NaN goes wherever dense would have one.
+    """
     stored = None
+    one = np.array([0, Y.shape[1]], np.int64)
     for b in rows:
         if np.isnan(X[b]).any():
             Y[b] = np.nan
             continue
+        x = np.ascontiguousarray(X[b])
+        _k.spmv(data, indices, indptr, x, bias, act, one, Y[b])
         if stored is None:
-            stored = sp.csr_array(((data != 0).astype(np.int64), indices, indptr), shape=(Y.shape[1], n_in))
-        cols = np.flatnonzero(np.isinf(X[b]))
+            stored = sp.csr_array(((data != 0).astype(np.int64), indices, indptr), shape=(Y.shape[1], X.shape[1]))
+        cols = np.flatnonzero(np.isinf(x))
         # Output i is NaN in the dense product unless every infinite input
         # meets a stored nonzero weight (0 * inf = nan).
         covered = np.asarray(stored[:, cols].sum(axis=1)).ravel() == cols.size
@@ -486,6 +604,11 @@ class SparseLinear:
         self._has_bias = bias is not None
         self.bias = _check_bias(bias, self.shape[0], self.dtype)
         self._dense_w = None
+        self._tiled_w: _Tiled | None = None
+        # 16-bit column indices for the SpMV where they fit (measured 3-5%
+        # faster at batch 1: fewer bytes per nonzero).
+        self._spmv_cols = (self._indices.astype(np.uint16) if self.shape[1] <= _k.PANEL_MAX
+                           else self._indices)
         self._row_starts: dict[int, np.ndarray] = {}
         self._decisions: dict[tuple, Decision] = {}
         #: Path of the latest call ("dense" or "sparse"), for callers chaining layers.
@@ -519,6 +642,14 @@ class SparseLinear:
                     self._dense_w = self.weight.toarray()
         return self._dense_w
 
+    def _tiled(self) -> _Tiled:
+        if self._tiled_w is None:
+            with self._lock:
+                if self._tiled_w is None:
+                    panel = _panel_width(self.shape[1], self.density)
+                    self._tiled_w = _tile(self._data, self._indices, self._indptr, self.shape[1], panel)
+        return self._tiled_w
+
     def _decision(self, batch: int, method: str) -> Decision:
         key = (batch, method, numba.get_num_threads(), _cal.generation)
         d = self._decisions.get(key)
@@ -551,7 +682,7 @@ class SparseLinear:
             one_thread = among_sparse and d.predicted_dense_s < SMALL_DENSE_S
             return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, one_thread)
         return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
-                               self.shape[0], self._parts)
+                               self.shape[0], self._parts, self._tiled, self._spmv_cols)
 
     forward = __call__
 
@@ -622,7 +753,8 @@ def linear(X, W, bias=None, activation=None, *, method: str = "auto") -> np.ndar
             Wd = sp.csr_array((data, indices, indptr), shape=shape).toarray()
             return _dense_forward(X, Wd, b, bias is not None, act)
         return _sparse_forward(X, data, indices, indptr, b, act, shape[0],
-                               lambda n: _k.balanced_row_starts(indptr, n))
+                               lambda n: _k.balanced_row_starts(indptr, n),
+                               lambda: _untiled(data, indices, indptr, shape[1]))
     Wd = check_float_matrix(W, "W")
     b = _check_bias(bias, Wd.shape[0], Wd.dtype)
     X = _check_input(X, Wd.shape[1], Wd.dtype)
