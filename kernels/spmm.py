@@ -1,40 +1,49 @@
 """Sparse (CSR) x dense kernels for inference: ``Y = act(X @ W.T + bias)``.
 
-Raw arrays only: ``W`` comes as ``(data, indices, indptr)`` with sorted,
-in-range column indices (the public layer checks that), ``X`` as a dense array.
-Every kernel works on a range of output rows given by ``row_starts`` and
-releases the GIL, so the public layer runs nnz-balanced row ranges on several
-Python threads at once (each range writes its own rows of ``y``: no races).
+Raw arrays only: the public layer (``sparseprune.spmm``) validates the CSR
+arrays (sorted, in-range column indices) and the input before any kernel
+runs. The serial kernels release the GIL; each has a ``prange`` driver that
+runs nnz-balanced ranges of rows on numba's threads (each range writes its
+own outputs: no races, no atomics).
 
 Batched SpMM (:func:`spmm_kernel`)
-    ``X`` is first packed feature-major (:func:`pack`) into blocks of
-    ``width`` batch columns, ``xp[block, feature, lane]`` (zero-padded), so
-    each nonzero ``w_ij`` streams over one contiguous run ``xp[block, j, :]``:
-    one broadcast and ``width / 8`` fused multiply-adds. The ``width``
-    accumulators of a row are named scalars, packed into vector registers by
-    LLVM's SLP vectoriser, so they stay in registers over the whole row.
-    Finished rows are staged, bias added, and copied into ``y`` transposed
-    once per chunk of rows, with the activation fused into that copy. A thread
-    loops over the batch blocks inside its row range, so one packed block
-    (``K * width`` values, 1 MiB for K = 4096, width 64, float32) stays in the
-    core's L2 while the range's rows stream past it.
+    ``X`` is packed feature-major (:func:`pack`) into blocks of ``width``
+    batch rows, ``xp[block, feature, lane]`` (zero-padded lanes), so a
+    nonzero ``w_ij`` streams over one contiguous run ``xp[block, j, :]``: one
+    broadcast and ``width / 16`` fused multiply-adds.
 
-    The caller allocates ``xp`` on a 64-byte boundary: from numpy's usual
-    16-byte offset, a 64-byte run straddles two cache lines (1.05-1.4x slower
-    per nonzero at widths 32-256, one thread, 4096 x 4096 at 10-30% density,
-    measured interleaved).
+    The weights are reordered once per layer (:func:`tile_csr`): rows in
+    chunks of ``rows_per_chunk``, and within a chunk the nonzeros panel by
+    panel (``panel`` input features each), with 16-bit column offsets. A
+    chunk's rows go through one panel of the packed input before the next,
+    so the panel (``panel x 64`` values) stays in L1 while those rows use it;
+    the rows' partial sums (``rows_per_chunk x width``) are loaded and
+    stored once per panel. With the whole input block in L2 instead (one
+    panel), a nonzero cost 1.25x more at 10% density (2.21 vs 1.76 ns, one
+    core, 4096 x 4096, batch 64). Panels are narrower for denser layers (see
+    ``sparseprune.spmm._panel_width``).
+
+    The ``width`` accumulators of a row are named scalars, packed into
+    vector registers by LLVM's SLP vectoriser; ``sets`` independent sets of
+    them take alternate nonzeros, so the FMA latency does not bound narrow
+    blocks. Finished rows get bias and activation and are written once:
+    transposed into ``y`` (batch, out), or packed into ``yp`` for a next
+    sparse layer (no transposed write there, no pack in that layer).
 
 Vector width
-    LLVM compiles these loops with 256-bit vectors even on AVX-512 CPUs (its
-    ``prefer-256-bit`` tuning). Forcing 512-bit for the whole process
-    (``NUMBA_CPU_FEATURES`` = host features + ``-prefer-256-bit``) gives the
-    ideal inner loop (one broadcast, ``width / 16`` zmm FMAs) but measured only
-    1.1-1.2x faster per nonzero on a Sapphire Rapids core with aligned ``xp``
-    (and slower without alignment), so numba's default codegen is kept.
+    LLVM compiles numba code for 256-bit vectors even on AVX-512 CPUs (the
+    ``prefer-256-bit`` tuning of those cores). The SpMM kernels ask for
+    512-bit vectors through a per-function attribute
+    (:func:`sparseprune.kernels._jit.wide_vectors`): one zmm FMA per 16
+    lanes. Together with the L1-resident panels this took a nonzero from
+    3.1 ns to 1.4-1.9 ns per 64 lanes on one core (width 64, 4096 x 4096,
+    5-30% density). The packed input starts on a 64-byte boundary, so each
+    zmm load is one cache line.
 
-Batch-1 SpMV (:func:`spmv`)
-    A dot product per row with four independent partial sums; no packing and
-    no thread launch for small layers.
+Batch-1 SpMV (:func:`spmv_forward_par`, :func:`spmv_forward_serial`)
+    A dot product per row with four independent partial sums, on plain CSR
+    (16-bit column indices where they fit). Gathers (vgatherdps) were
+    measured 2x slower on this Xeon than the scalar loads.
 
 Activation codes (``ACTIVATIONS``): 0 identity, 1 relu, 2 tanh, 3 logistic.
 """
@@ -45,7 +54,7 @@ import numba
 import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 
-from sparseprune.kernels._jit import jit, wide_vectors
+from sparseprune.kernels._jit import jit, jit_variants, wide_vectors
 
 # FMA contraction but no reassociation: with "reassoc" LLVM vectorises the
 # reductions over nonzeros with gathers (slow here: vgather is microcoded on
@@ -132,6 +141,25 @@ def nonfinite_rows(x, flags):
         for k in range(x.shape[1]):
             probe += x[b, k] * 0
         flags[b] = 1 if probe != probe else 0
+
+
+@jit
+def packed_nonfinite(xp, flags):
+    """``flags[lane + block * width] = 1`` where a lane of ``xp[block, :, lane]`` holds NaN or inf.
+
+    ``flags`` has one entry per real batch row (padding lanes are skipped).
+    """
+    n_blocks, n_feat, width = xp.shape
+    probe = np.zeros(width, xp.dtype)
+    for blk in range(n_blocks):
+        probe[:] = 0
+        for j in range(n_feat):
+            for lane in range(width):
+                probe[lane] += xp[blk, j, lane] * 0  # 0 for finite values, NaN for NaN or inf
+        for lane in range(width):
+            b = blk * width + lane
+            if b < flags.size:
+                flags[b] = 1 if probe[lane] != probe[lane] else 0
 
 
 @jit(parallel=True)
@@ -381,11 +409,26 @@ def spmv(data, indices, indptr, x, bias, act, row_starts, y):
             y[i] = _activate((s0 + s1) + (s2 + s3) + bias[i], act)
 
 
-@jit(parallel=True, fastmath=_NO_REASSOC)
-def spmv_par(data, indices, indptr, x, bias, act, row_starts, y):
-    """:func:`spmv` with one range of ``row_starts`` per parallel iteration."""
+def _spmv_forward(data, indices, indptr, X, bias, act, row_starts):
+    """One input row ``X[0]`` through :func:`spmv`: returns ``(Y, nonfinite)``, Y of shape (1, out).
+
+    Allocation, the product (one range of ``row_starts`` per parallel
+    iteration) and the NaN/inf check of ``X[0]`` in one compiled call:
+    the same steps as separate Python calls measured 60 us slower on a
+    0.4 ms 4096 x 4096 product (the gaps between calls, not the steps).
+    """
+    x = X[0]
+    Y = np.empty((1, indptr.size - 1), data.dtype)
+    y = Y[0]
     for t in numba.prange(row_starts.size - 1):
         spmv(data, indices, indptr, x, bias, act, row_starts[t:t + 2], y)
+    probe = data.dtype.type(0)
+    for k in range(x.size):
+        probe += x[k] * 0  # 0 for finite values, NaN for NaN or inf
+    return Y, probe != probe
+
+
+spmv_forward_serial, spmv_forward_par = jit_variants(_spmv_forward, fastmath=_NO_REASSOC)
 
 
 

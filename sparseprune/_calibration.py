@@ -45,15 +45,15 @@ BLAS_SETTLE_S = 0.2
 # on a 2-core AVX-512 Xeon with OpenBLAS, sparse costs then raised by 25% so
 # the defaults lean to dense BLAS. Used on CI and when calibration is off.
 _DEFAULT = {
-    "dense_per_mac": {"1": 8.0e-11, "8": 3.3e-10, "16": 4.1e-10, "32": 5.5e-10, "64": 6.8e-10, "256": 1.9e-9},
-    "sparse_per_nnz": {"1": 7.0e-10, "8": 2.0e-9, "16": 2.4e-9, "32": 3.8e-9, "64": 6.5e-9, "256": 2.2e-8},
+    "dense_per_mac": {"1": 7.1e-11, "8": 3.1e-10, "16": 3.7e-10, "32": 4.9e-10, "64": 6.3e-10, "256": 1.7e-9},
+    "sparse_per_nnz": {"1": 2.9e-10, "8": 5.6e-10, "16": 5.5e-10, "32": 6.9e-10, "64": 1.3e-9, "256": 5.1e-9},
     # Packing X for the SpMM kernels, per input column: O(batch x n_in) whatever
     # the nnz, so it decides small layers (e.g. a 10-output classifier head).
-    "pack_per_col": {"1": 1.0e-10, "8": 8.0e-9, "16": 1.5e-8, "32": 3.0e-8, "64": 6.0e-8, "256": 2.5e-7},
+    "pack_per_col": {"1": 4.6e-10, "8": 8.1e-9, "16": 7.5e-9, "32": 1.5e-8, "64": 3.0e-8, "256": 1.0e-7},
 }
 # Seconds per call on each path for a tiny layer (not scaled with threads).
-# "sparse_batched" is the SpMM path (batch > 1: packing, staging, more Python).
-_DEFAULT_OVERHEAD = {"dense": 2.0e-6, "sparse": 8.0e-6, "sparse_batched": 2.5e-5}
+# "sparse_batched" is the SpMM path (batch > 1: packing, more Python).
+_DEFAULT_OVERHEAD = {"dense": 3.0e-6, "sparse": 7.0e-6, "sparse_batched": 1.8e-5}
 
 _lock = threading.Lock()
 _tables: dict[str, dict] = {}

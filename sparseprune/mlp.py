@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from sparseprune._validation import check_int, check_number, index_dtype
 from sparseprune.masking import global_magnitude_prune, magnitude_prune, threshold_mask
 from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
-from sparseprune.spmm import SparseLinear, explain, linear
+from sparseprune.spmm import SparseLinear, _Packed, explain, linear
 
 __all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
 
@@ -49,6 +49,11 @@ def _layer_forward(layer: "Layer", X, activation, among_sparse: bool = False):
         Y = op(X, among_sparse=among_sparse)
         return Y, op.last_path == "sparse"
     return linear(X, layer.weight, bias=layer.bias, activation=activation), False
+
+
+def _n_rows(X) -> int:
+    shape = np.shape(X)
+    return int(shape[0]) if len(shape) == 2 else 0
 
 
 def _dispatch_choice(W, batch_size):
@@ -369,13 +374,31 @@ class _BaseMLP(BaseEstimator):
         """Output of layer ``upto`` (0-based; hidden layers activated, the last one raw)."""
         H = X
         last = len(self.layers_) - 1
+        n = _n_rows(X)
+        ops = [self._chain_op(i, n, last) for i in range(upto + 1)]
         ran_sparse = False
         for i in range(upto + 1):
+            if ops[i] is not None:
+                # Consecutive sparse layers hand over packed activations: no
+                # transposed write here and no pack in the next layer.
+                H = ops[i]._forward_chained(H, out_packed=i < upto and ops[i + 1] is not None)
+                ran_sparse = True
+                continue
+            if isinstance(H, _Packed):
+                H = H.unpack()
             # Once a layer ran the sparse kernels, short dense layers after it keep
             # BLAS on one thread (its idle workers would spin against our kernels).
             H, sparse_here = _layer_forward(self.layers_[i], H, self.activation if i < last else None, ran_sparse)
             ran_sparse |= sparse_here
-        return H
+        return H.unpack() if isinstance(H, _Packed) else H
+
+    def _chain_op(self, i: int, n: int, last: int):
+        """Layer ``i``'s SparseLinear when it runs the batched sparse kernel at batch ``n``, else None."""
+        layer = self.layers_[i]
+        if n < 2 or not layer.is_sparse:
+            return None
+        op = layer._prepared(self.activation if i < last else None)
+        return op if op.explain(n).path == "sparse" else None
 
     def _batch_size(self, n):
         return min(200, n) if isinstance(self.batch_size, str) else min(int(self.batch_size), n)

@@ -18,10 +18,19 @@ path is numpy's own product, so it also emits numpy's RuntimeWarnings
 
 Threads: the sparse kernels run on ``numba.get_num_threads()`` threads, the
 dense path on BLAS's; :func:`sparseprune.thread_limit` sets both at once. The
-kernels release the GIL and run on a small shared thread pool, each thread
-taking nnz-balanced row ranges as it frees up, so any number of Python
-threads may call :func:`linear` at the same time. Small work (fewer than
-``SERIAL_WORK`` multiply-adds) stays on the calling thread.
+parallel kernels are numba ``prange`` loops over nnz-balanced row ranges, on
+numba's OpenMP threading layer, which is safe to enter from several Python
+threads at once (see :mod:`sparseprune._threading`; launching one costs a few
+microseconds, against 100-150 us for the Python thread pool used before).
+Small work (under ``SERIAL_WORK`` multiply-adds, ``SERIAL_WORK_SPMV``
+nonzeros at batch 1) stays on the calling thread.
+
+A multi-threaded BLAS call leaves OpenBLAS's worker threads spinning for
+about 0.1 s; parallel sparse kernels run in that window were measured 2-3x
+slower (the spinning thread holds a core). Inside an MLP, short dense layers
+among sparse ones therefore run BLAS on one thread (``SMALL_DENSE_S``);
+``OPENBLAS_THREAD_TIMEOUT`` (set before numpy loads OpenBLAS) shortens the
+window for programs that alternate large dense and sparse products.
 """
 from __future__ import annotations
 
@@ -43,10 +52,11 @@ __all__ = ["Decision", "SparseLinear", "calibrate", "explain", "linear", "set_ca
 ACTIVATIONS = tuple(_k.ACTIVATIONS)
 _METHODS = ("auto", "dense", "sparse")
 #: Below this many multiply-adds (nnz x batch) a call stays on the calling
-#: thread: handing work to pool threads cost 100-150 us on the 2-core test
-#: machine, and measured break-even was about 1.3M nonzeros at batch 1 (SpMV,
-#: ~0.5 ns per nonzero) and a few million multiply-adds at batch 16.
-SERIAL_WORK = 300_000
+#: thread. An OpenMP launch costs a few microseconds here; measured
+#: break-even on 2 threads was about 0.8M multiply-adds for the SpMM and 8k
+#: nonzeros for the SpMV (SERIAL_WORK_SPMV keeps a margin for a sleeping
+#: worker's wake-up).
+SERIAL_WORK = 1_000_000
 SERIAL_WORK_SPMV = 32_000
 #: When a SparseLinear layer called with ``among_sparse=True`` falls back to
 #: dense and the product is predicted to take less than this (seconds), BLAS
@@ -58,7 +68,7 @@ SERIAL_WORK_SPMV = 32_000
 #: BLAS threads.
 SMALL_DENSE_S = 3e-4
 #: Inputs with at least this many elements are packed by all threads.
-PACK_PARALLEL = 1 << 19
+PACK_PARALLEL = 1 << 16
 #: Output rows per chunk of the tiled SpMM layout (their partial sums, 128 x
 #: 64 lanes, stay in L1/L2 while the chunk's panels go by).
 ROWS_PER_CHUNK = 128
@@ -334,9 +344,9 @@ class _Packed:
         self.n_feat = n_feat
         self.nonfinite = nonfinite
 
-    def unpack(self, dtype) -> np.ndarray:
+    def unpack(self) -> np.ndarray:
         """The (batch, features) C-ordered array."""
-        Y = np.empty((self.n_batch, self.n_feat), dtype)
+        Y = np.empty((self.n_batch, self.n_feat), self.blocks[0][3].dtype if self.blocks else np.float32)
         for b0, b1, width, xp in self.blocks:
             for blk in range(xp.shape[0]):
                 lo = b0 + blk * width
@@ -490,19 +500,23 @@ def _spmm(packed: _Packed, t: _Tiled, bias, act: int, n_out: int, n_threads: int
         else:
             _k.spmm_kernel(width)(*args, 0, t.chunk_ptr.size - 1, y, yp)
     if out_packed:
-        return _Packed(out_blocks, packed.n_batch, n_out, np.zeros(packed.n_batch, np.int8), 1 - packed.slot)
+        flags = np.zeros(packed.n_batch, np.int8)
+        for b0, b1, _, yp in out_blocks:
+            _k.packed_nonfinite(yp, flags[b0:b1])
+        return _Packed(out_blocks, packed.n_batch, n_out, flags, 1 - packed.slot)
     return Y
 
 
-def _spmv(X, data, indices, indptr, bias, act, n_out, row_starts_for, n_threads):
-    Y = np.empty((1, n_out), dtype=data.dtype)
-    x = np.ascontiguousarray(X[0])
+def _spmv(X, data, indices, indptr, bias, act, row_starts_for, n_threads):
+    """Batch 1: ``(Y, nonfinite_flags)``."""
+    X = np.ascontiguousarray(X)
     if n_threads > 1 and int(indptr[-1]) >= SERIAL_WORK_SPMV:
         with parallel_guard():
-            _k.spmv_par(data, indices, indptr, x, bias, act, row_starts_for(PARTS_PER_THREAD * n_threads), Y[0])
+            Y, bad = _k.spmv_forward_par(data, indices, indptr, X, bias, act,
+                                         row_starts_for(PARTS_PER_THREAD * n_threads))
     else:
-        _k.spmv(data, indices, indptr, x, bias, act, row_starts_for(1), Y[0])
-    return Y
+        Y, bad = _k.spmv_forward_serial(data, indices, indptr, X, bias, act, row_starts_for(1))
+    return Y, np.array([bad], np.int8)
 
 
 def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, tiled,
@@ -518,8 +532,7 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, 
     n_threads = numba.get_num_threads()
     if n_batch == 1:
         cols = indices if spmv_cols is None else spmv_cols
-        Y = _spmv(X, data, cols, indptr, bias, act, n_out, row_starts_for, n_threads)
-        flags = np.array([not np.isfinite(X[0]).all()], np.int8)
+        Y, flags = _spmv(X, data, cols, indptr, bias, act, row_starts_for, n_threads)
     else:
         packed = _pack_input(X, n_threads)
         flags = packed.nonfinite
@@ -685,6 +698,26 @@ class SparseLinear:
                                self.shape[0], self._parts, self._tiled, self._spmv_cols)
 
     forward = __call__
+
+    def _forward_chained(self, inp, out_packed: bool):
+        """The sparse path for a layer inside a chain of sparse layers (batch >= 2).
+
+        ``inp`` is a (batch, in) array or the previous layer's packed output
+        (``_Packed``). With ``out_packed`` the result stays packed for the
+        next layer, skipping this layer's transposed write and the next
+        one's pack; otherwise it is the (batch, out) array. Rows holding
+        NaN or inf take the exact path (:meth:`__call__`) and give an array.
+        """
+        n_threads = numba.get_num_threads()
+        if isinstance(inp, _Packed):
+            packed = inp
+        else:
+            packed = _pack_input(_check_input(inp, self.shape[1], self.dtype), n_threads)
+        self.last_path = "sparse"
+        if packed.nonfinite.any():
+            X = packed.unpack() if isinstance(inp, _Packed) else inp
+            return self(X, method="sparse")
+        return _spmm(packed, self._tiled(), self.bias, self._act, self.shape[0], n_threads, out_packed)
 
     def __repr__(self) -> str:
         return (f"SparseLinear(shape={self.shape}, dtype={self.dtype}, nnz={self.nnz}, "

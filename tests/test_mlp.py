@@ -367,3 +367,26 @@ def test_weight_norm_criterion_on_sparse_layers_removes_the_weakest(model, digit
     model.eliminate_neurons(Xtr, criterion="l1", fraction=0.2, weights=weights)
     assert model.layers_[0].is_sparse and model.layers_[0].shape == (len(kept_rows), 64)
     np.testing.assert_array_equal(model.layers_[0].weight.toarray(), W0[kept_rows])
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, 200])
+def test_pruned_forward_through_chained_sparse_layers(model, digits, n):
+    # A cheap-sparse table sends every pruned layer to the sparse kernels, so
+    # consecutive layers hand over packed activations; the result must equal
+    # the plain numpy forward pass.
+    import sparseprune
+    from sparseprune import _calibration as cal
+
+    Xte = digits[1][:n]
+    model.prune(sparsity=0.8, scope="layer")
+    table = {"source": "test", "dense_per_mac": {str(b): 1e-9 * b for b in cal.BATCHES},
+             "sparse_per_nnz": {str(b): 1e-12 * b for b in cal.BATCHES}}
+    sparseprune.set_calibration(table)
+    try:
+        assert all(layer.is_sparse for layer in model.layers_)
+        assert all(layer._prepared("relu").explain(n).path == "sparse" for layer in model.layers_)
+        out = model._forward(np.ascontiguousarray(Xte, dtype=model.layers_[0].bias.dtype))
+    finally:
+        sparseprune.set_calibration(None)
+    assert out.shape == (n, 10) and out.flags.c_contiguous
+    np.testing.assert_allclose(out, naive_forward(wb(model), Xte), rtol=1e-4, atol=1e-4)

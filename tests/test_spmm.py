@@ -438,3 +438,120 @@ def test_prepared_layer_dense_fallback_matches_reference():
     for among_sparse in (False, True):
         np.testing.assert_allclose(layer(X, method="dense", among_sparse=among_sparse), expected,
                                    rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- tiled layout and chained layers
+@settings(max_examples=40, deadline=None)
+@given(
+    n_out=st.integers(1, 30),
+    n_in=st.integers(1, 50),
+    density=st.sampled_from([0.05, 0.3, 0.8, 1.0]),
+    rows_per_chunk=st.integers(1, 9),
+    min_panel=st.sampled_from([1, 2, 4, 8]),
+    pad_to=st.integers(1, 4),
+    batch=st.sampled_from([2, 5, 8, 16, 31, 64, 65, 130]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    activation=st.sampled_from(ACTS),
+    seed=st.integers(0, 2**16),
+)
+def test_tiled_layout_matches_reference(n_out, n_in, density, rows_per_chunk, min_panel, pad_to, batch, dtype,
+                                        activation, seed):
+    # Small chunks and panels put many chunk and panel boundaries (and padded
+    # segments) inside small matrices, which the default sizes never would.
+    rng = np.random.default_rng(seed)
+    W = random_csr(rng, n_out, n_in, density, dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    X = rng.standard_normal((batch, n_in)).astype(dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(spmm_mod, "ROWS_PER_CHUNK", rows_per_chunk)
+        mp.setattr(spmm_mod, "MIN_PANEL", min_panel)
+        mp.setattr(spmm_mod, "PANEL_NNZ", 1)
+        mp.setattr(spmm_mod, "PAD_TO", pad_to)
+        mp.setattr(spmm_mod, "SERIAL_WORK", 0 if seed % 2 else 10**12)
+        layer = sparseprune.SparseLinear(W, b, activation)
+        t = layer._tiled()
+        Y = layer(X, method="sparse")
+    # The layout itself, decoded independently: every stored weight once, in its
+    # row and column; padding entries are zeros.
+    Wd = W.toarray()
+    rebuilt = np.zeros_like(Wd)
+    n_chunks = -(-n_out // rows_per_chunk)
+    assert t.seg.size == n_chunks * t.n_panels * rows_per_chunk + 1 and np.all(np.diff(t.seg) % pad_to == 0)
+    for c in range(n_chunks):
+        for q in range(t.n_panels):
+            for r in range(rows_per_chunk):
+                s = (c * t.n_panels + q) * rows_per_chunk + r
+                lo, hi = t.seg[s], t.seg[s + 1]
+                if lo == hi:
+                    continue
+                row = c * rows_per_chunk + r
+                cols = q * t.panel + t.cols[lo:hi].astype(np.int64)
+                assert row < n_out and np.all(cols < n_in)
+                np.add.at(rebuilt[row], cols, t.data[lo:hi])
+    np.testing.assert_array_equal(rebuilt, Wd)
+    np.testing.assert_allclose(Y, ref_linear(X, Wd, b, activation), rtol=tol(dtype, n_in), atol=tol(dtype, n_in))
+
+
+def test_chained_layers_keep_activations_packed():
+    rng = np.random.default_rng(8)
+    sizes = [37, 50, 45, 12]
+    Ws = [random_csr(rng, o, i, 0.3) for i, o in zip(sizes, sizes[1:])]
+    bs = [rng.standard_normal(o).astype(np.float32) for o in sizes[1:]]
+    acts = ["relu", "tanh", None]
+    layers = [sparseprune.SparseLinear(W, b, a) for W, b, a in zip(Ws, bs, acts)]
+    X = rng.standard_normal((70, sizes[0])).astype(np.float32)
+    X[3, 2] = np.nan  # a NaN row must come out all-NaN, as in the dense chain
+    H = X
+    for k, layer in enumerate(layers):
+        H = layer._forward_chained(H, out_packed=k < len(layers) - 1)
+    ref = X
+    for W, b, a in zip(Ws, bs, acts):
+        with np.errstate(invalid="ignore"):
+            ref = ref_linear(ref, W.toarray(), b, a)
+    assert isinstance(H, np.ndarray) and H.shape == (70, 12)
+    np.testing.assert_array_equal(np.isnan(H), np.isnan(ref))
+    ok = ~np.isnan(ref)
+    np.testing.assert_allclose(H[ok], ref[ok], rtol=1e-4, atol=1e-4)
+    # Packed hand-over, unpacked at the end, equals the layer-by-layer result.
+    Xf = np.nan_to_num(X)
+    P = layers[0]._forward_chained(Xf, out_packed=True)
+    assert isinstance(P, spmm_mod._Packed) and not P.nonfinite.any()
+    np.testing.assert_allclose(P.unpack(), layers[0](Xf, method="sparse"), rtol=1e-6, atol=1e-6)
+
+
+def test_packed_output_flags_overflow_to_inf():
+    # Finite inputs, weights large enough that float32 overflows: the packed
+    # hand-over must notice, so the next layer gives dense's NaN/inf pattern.
+    rng = np.random.default_rng(9)
+    W1 = sp.csr_array(np.full((4, 6), 1e38, np.float32))
+    W2 = random_csr(rng, 5, 4, 0.5)
+    W2.data[0] = 0.0
+    l1, l2 = sparseprune.SparseLinear(W1), sparseprune.SparseLinear(W2)
+    X = np.ones((9, 6), np.float32)
+    X[4] = -1.0
+    with np.errstate(over="ignore"):
+        P = l1._forward_chained(X, out_packed=True)
+        H1 = (X.astype(np.float32) @ W1.toarray().T)
+    assert list(np.flatnonzero(P.nonfinite)) == list(range(9))
+    Y = l2._forward_chained(P, out_packed=False)
+    with np.errstate(invalid="ignore"):
+        dense = H1 @ W2.toarray().T
+    np.testing.assert_array_equal(np.isnan(Y), np.isnan(dense))
+    np.testing.assert_array_equal(Y[np.isinf(dense)], dense[np.isinf(dense)])
+
+
+def test_wide_vector_kernels_match_plain_loops():
+    # The 512-bit attribute must not change results: same kernel, default
+    # width (here: a plain numba function without the hook) as reference.
+    from sparseprune.kernels import spmm as K
+
+    rng = np.random.default_rng(10)
+    W = random_csr(rng, 300, 200, 0.2)
+    X = rng.standard_normal((64, 200)).astype(np.float32)
+    layer = sparseprune.SparseLinear(W)
+    t = layer._tiled()
+    P = spmm_mod._pack_input(X, 1)
+    y = np.empty((64, 300), np.float32)
+    K.spmm_kernel(64)(t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, P.blocks[0][3],
+                      layer.bias, 0, 0, t.chunk_ptr.size - 1, y, np.empty((0, 0, 0), np.float32))
+    np.testing.assert_allclose(y, (W @ X.T).T, rtol=1e-5, atol=1e-5)
