@@ -25,6 +25,8 @@ from sparseprune import MLPClassifier
 QUICK = os.environ.get("SPARSEPRUNE_BENCH_QUICK") == "1"
 N_IN, HIDDEN = (64, (256, 256)) if QUICK else (1024, (4096, 4096))
 ROUNDS = 3 if QUICK else 15
+#: Untimed warm-up per model block in the speedup table (see block_medians).
+WARMUP_S = 0.0 if QUICK else 0.15
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,11 +77,13 @@ def test_mlp_predict(benchmark, models, batches, name, batch):
 def block_medians(models, X, names=NAMES, rounds=ROUNDS):
     """Median predict time per model, each model timed as a block of back-to-back calls.
 
-    A block is two untimed calls then ``rounds`` timed ones; two passes in
-    opposite model order balance drift. Alternating single calls across models
-    would time each model right after another one's BLAS call, while BLAS's
-    idle worker threads still spin on the cores: an interference a service
-    running one model does not have.
+    A block is untimed warm-up calls (at least two, and at least ``WARMUP_S``
+    seconds) then ``rounds`` timed ones; two passes in opposite model order
+    balance drift. Alternating single calls across models would time each
+    model right after another one's BLAS call, while OpenBLAS's idle worker
+    threads still spin on the cores (about 0.1 s): an interference a service
+    running one model does not have. The timed warm-up outlasts that window
+    even for batch-1 calls of a fraction of a millisecond.
     """
     import time
 
@@ -89,6 +93,9 @@ def block_medians(models, X, names=NAMES, rounds=ROUNDS):
             predict = models[name].predict
             predict(X)  # warm-up: compile, calibrate, build the prepared layers
             predict(X)
+            end = time.perf_counter() + WARMUP_S
+            while time.perf_counter() < end:
+                predict(X)
             for _ in range(rounds):
                 t0 = time.perf_counter()
                 predict(X)

@@ -8,6 +8,11 @@
 - Competitors are timed interleaved, round-robin in one process (ours, baseline,
   ours, baseline, ...), so background load on a shared machine hits them alike,
   and all under one :func:`~sparseprune.thread_limit` (BLAS and numba threads equal).
+- With ``settle`` > 0 (``sparseprune bench``), each competitor is instead timed as
+  a group of repeats after a pause of ``settle`` seconds, in two passes of
+  opposite order. A multi-threaded BLAS call leaves OpenBLAS's workers
+  spinning on the cores for about 0.1 s; a parallel kernel timed right after
+  it ran 2-3x slower here, which measures the neighbour, not the kernel.
 """
 from __future__ import annotations
 
@@ -66,7 +71,7 @@ def _calibrate(fn: Callable[[], object], min_time: float) -> int:
 
 
 def compare(fns: Mapping[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 2,
-            min_time: float = 0.01, threads: int | None = None) -> dict[str, Timing]:
+            min_time: float = 0.01, threads: int | None = None, settle: float = 0.0) -> dict[str, Timing]:
     """Time several zero-argument callables interleaved, warm-up excluded.
 
     Parameters
@@ -81,6 +86,10 @@ def compare(fns: Mapping[str, Callable[[], object]], *, repeats: int = 7, warmup
         Minimum duration of one repeat, in seconds; fast calls are looped.
     threads : int, optional
         Run everything under ``thread_limit(threads)`` (BLAS and numba alike).
+    settle : float, default=0.0
+        If positive, time each callable as a group of repeats after sleeping
+        this long (two passes in opposite order, half the repeats each)
+        instead of round-robin; see the module docstring.
 
     Returns
     -------
@@ -89,6 +98,7 @@ def compare(fns: Mapping[str, Callable[[], object]], *, repeats: int = 7, warmup
     repeats = check_int(repeats, "repeats", low=1)
     warmup = check_int(warmup, "warmup", low=0)
     min_time = check_number(min_time, "min_time", low=0.0)
+    settle = check_number(settle, "settle", low=0.0)
     names = list(fns)
     with thread_limit(threads):
         for name in names:
@@ -96,6 +106,18 @@ def compare(fns: Mapping[str, Callable[[], object]], *, repeats: int = 7, warmup
                 fns[name]()
         numbers = {name: _calibrate(fns[name], min_time) for name in names}
         samples = {name: np.empty(repeats) for name in names}
+        if settle > 0:
+            for p, order in enumerate((names, names[::-1])):
+                for name in order:
+                    fn, number = fns[name], numbers[name]
+                    time.sleep(settle)
+                    fn()  # first call after the pause: wakes threads, refills caches
+                    for r in range(p, repeats, 2):
+                        t0 = time.perf_counter()
+                        for _ in range(number):
+                            fn()
+                        samples[name][r] = (time.perf_counter() - t0) / number
+            return {name: Timing.from_samples(samples[name], numbers[name], warmup) for name in names}
         for r in range(repeats):
             # Round-robin, and alternate the order so no competitor always runs
             # right after the same neighbour (cache and turbo effects).

@@ -43,7 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparseprune import _calibration as _cal
-from sparseprune._threading import parallel_guard, single_thread_blas, thread_limit
+from sparseprune._threading import run_parallel, single_thread_blas, thread_limit
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
 from sparseprune.kernels import spmm as _k
 
@@ -417,8 +417,7 @@ def _pack_input(X: np.ndarray, n_threads: int) -> _Packed:
         xb = X[b0:b1]
         if xb.size >= PACK_PARALLEL and n_threads > 1 and n_tiles > 1:
             bounds = np.linspace(0, n_tiles, min(n_tiles, PARTS_PER_THREAD * n_threads) + 1).astype(np.int64)
-            with parallel_guard():
-                _k.pack_par(xb, xp, bounds, flags[b0:b1])
+            run_parallel(_k.pack_par, xb, xp, bounds, flags[b0:b1])
         else:
             _k.pack(xb, xp, 0, n_tiles)
             _k.nonfinite_rows(xb, flags[b0:b1])
@@ -495,8 +494,7 @@ def _spmm(packed: _Packed, t: _Tiled, bias, act: int, n_out: int, n_threads: int
         y, yp = (no_y, out_blocks[i][3]) if out_packed else (Y[b0:b1], no_yp)
         args = (t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, xp, bias, act)
         if parallel:
-            with parallel_guard():
-                _k.spmm_kernel(width, parallel=True)(*args, parts, y, yp)
+            run_parallel(_k.spmm_kernel(width, parallel=True), *args, parts, y, yp)
         else:
             _k.spmm_kernel(width)(*args, 0, t.chunk_ptr.size - 1, y, yp)
     if out_packed:
@@ -508,15 +506,12 @@ def _spmm(packed: _Packed, t: _Tiled, bias, act: int, n_out: int, n_threads: int
 
 
 def _spmv(X, data, indices, indptr, bias, act, row_starts_for, n_threads):
-    """Batch 1: ``(Y, nonfinite_flags)``."""
+    """Batch 1: ``(Y, has_nonfinite)``."""
     X = np.ascontiguousarray(X)
     if n_threads > 1 and int(indptr[-1]) >= SERIAL_WORK_SPMV:
-        with parallel_guard():
-            Y, bad = _k.spmv_forward_par(data, indices, indptr, X, bias, act,
-                                         row_starts_for(PARTS_PER_THREAD * n_threads))
-    else:
-        Y, bad = _k.spmv_forward_serial(data, indices, indptr, X, bias, act, row_starts_for(1))
-    return Y, np.array([bad], np.int8)
+        return run_parallel(_k.spmv_forward_par, data, indices, indptr, X, bias, act,
+                            row_starts_for(PARTS_PER_THREAD * n_threads))
+    return _k.spmv_forward_serial(data, indices, indptr, X, bias, act, row_starts_for(1))
 
 
 def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, tiled,
@@ -532,11 +527,13 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, 
     n_threads = numba.get_num_threads()
     if n_batch == 1:
         cols = indices if spmv_cols is None else spmv_cols
-        Y, flags = _spmv(X, data, cols, indptr, bias, act, row_starts_for, n_threads)
-    else:
-        packed = _pack_input(X, n_threads)
-        flags = packed.nonfinite
-        Y = _spmm(packed, tiled(), bias, act, n_out, n_threads, out_packed=False)
+        Y, bad = _spmv(X, data, cols, indptr, bias, act, row_starts_for, n_threads)
+        if bad:
+            _propagate_nonfinite(X, np.zeros(1, np.int64), data, indices, indptr, bias, act, Y)
+        return Y
+    packed = _pack_input(X, n_threads)
+    flags = packed.nonfinite
+    Y = _spmm(packed, tiled(), bias, act, n_out, n_threads, out_packed=False)
     if flags.any():
         _propagate_nonfinite(X, np.flatnonzero(flags), data, indices, indptr, bias, act, Y)
     return Y
