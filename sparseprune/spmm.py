@@ -78,6 +78,8 @@ PANEL_NNZ = 48
 MIN_PANEL = 128
 #: Segments of the tiled layout are padded to a multiple of this many nonzeros.
 PAD_TO = 2
+#: Largest packed buffer a thread keeps for reuse (bigger ones are allocated per call).
+SCRATCH_MAX_BYTES = 64 << 20
 #: Byte alignment of the packed input (one cache line).
 _ALIGN = 64
 #: nnz-balanced row ranges per thread, taken dynamically (see _run_rows).
@@ -377,11 +379,15 @@ def _scratch_array(slot: int, shape: tuple, dtype) -> np.ndarray:
     measured here, as much as packing itself on 2 threads). Each thread
     keeps its own buffers, so concurrent callers never share one.
     """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > SCRATCH_MAX_BYTES:
+        # A one-off huge batch gets its own array rather than a buffer this
+        # thread would then hold on to for good.
+        return _aligned_empty(shape, dtype)
     bufs = getattr(_scratch, "bufs", None)
     if bufs is None:
         bufs = _scratch.bufs = {}
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
     buf = bufs.get(slot)
     if buf is None or buf.size < nbytes:
         buf = _aligned_empty((max(nbytes, 64),), np.uint8)

@@ -334,6 +334,22 @@ def test_compare_excludes_warmup_and_pins_threads():
     assert s.median < 0.05
     d = s.to_dict()
     assert set(d) == {"median_s", "q1_s", "q3_s", "min_s", "max_s", "repeats", "number", "warmup"}
+    # Grouped mode: every repeat filled, each callable's group starts after the pause.
+    events = []
+
+    def a():
+        events.append(("a", time.perf_counter()))
+
+    def b():
+        events.append(("b", time.perf_counter()))
+
+    g = compare({"a": a, "b": b}, repeats=5, warmup=1, min_time=0.0, settle=0.03)
+    assert all(t.repeats == 5 and np.isfinite(t.median) and t.min >= 0 for t in g.values())
+    switches = [i for i in range(1, len(events)) if events[i][0] != events[i - 1][0]]
+    # a -> b and b -> a between the groups of the two passes come after a pause
+    assert sum(events[i][1] - events[i - 1][1] >= 0.03 for i in switches) >= 2
+    with pytest.raises(ValueError, match="settle"):
+        compare({"a": a}, settle=-1.0)
     info = machine_info()
     assert info["logical_cores"] >= 1 and info["versions"]["numpy"] == np.__version__
     assert info["numba"]["max_threads"] == numba.config.NUMBA_NUM_THREADS

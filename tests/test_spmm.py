@@ -555,3 +555,17 @@ def test_wide_vector_kernels_match_plain_loops():
     K.spmm_kernel(64)(t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, P.blocks[0][3],
                       layer.bias, 0, 0, t.chunk_ptr.size - 1, y, np.empty((0, 0, 0), np.float32))
     np.testing.assert_allclose(y, (W @ X.T).T, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_buffers_are_reused_per_thread_but_not_when_huge(monkeypatch):
+    a = spmm_mod._scratch_array(0, (2, 100, 64), np.float32)
+    b = spmm_mod._scratch_array(0, (1, 50, 64), np.float32)
+    assert np.shares_memory(a, b) and b.ctypes.data % 64 == 0  # same thread, same slot: reused
+    other = {}
+    t = threading.Thread(target=lambda: other.setdefault("x", spmm_mod._scratch_array(0, (1, 50, 64), np.float32)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(other["x"], b)  # another thread has its own
+    monkeypatch.setattr(spmm_mod, "SCRATCH_MAX_BYTES", 1000)
+    big = spmm_mod._scratch_array(0, (1, 50, 64), np.float32)
+    assert not np.shares_memory(big, b) and big.shape == (1, 50, 64) and big.ctypes.data % 64 == 0
