@@ -76,9 +76,14 @@ _SETS = {8: 4, 16: 4, 32: 4, 64: 2}
 
 
 @jit(fastmath=False)
-def _activate(v, act):
+def _activate(v, act, zero):
+    """Activation ``act`` of ``v``; ``zero`` is a 0 of v's type.
+
+    relu matches ``np.maximum(v, 0)``: NaN stays NaN and -inf gives 0 (a
+    ``v * 0`` would give NaN there).
+    """
     if act == 1:
-        return v if v > 0 else v * 0  # v * 0 keeps NaN a NaN, like np.maximum
+        return v if (v >= 0 or v != v) else zero
     if act == 2:
         return np.tanh(v)
     if act == 3:
@@ -194,8 +199,10 @@ class _SLPDispatcher:
     def __call__(self, *args):
         d = self.dispatcher
         # A cheap key first (numba.typeof on every argument costs ~20 us a call).
-        key = tuple((a.dtype.num, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous)
-                    if isinstance(a, np.ndarray) else type(a) for a in args)
+        # numba types read-only and unaligned arrays apart: they must be in the key,
+        # or such a call would compile without the SLP vectoriser.
+        key = tuple((a.dtype.num, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable,
+                     a.flags.aligned) if isinstance(a, np.ndarray) else type(a) for a in args)
         if key not in self._seen:
             sig = tuple(numba.typeof(a) for a in args)
             if sig not in d.overloads:
@@ -256,12 +263,12 @@ def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, ac
                 for r in range(nr):
                     bi = bias[row0 + r]
                     for k in range({width}):
-                        yp[blk, row0 + r, k] = _activate(acc[r, k] + bi, act)
+                        yp[blk, row0 + r, k] = _activate(acc[r, k] + bi, act, zero)
             else:
                 # Transposed into y: each lane's outputs are one contiguous run.
                 for k in range(nb):
                     for r in range(nr):
-                        y[b0 + k, row0 + r] = _activate(acc[r, k] + bias[row0 + r], act)
+                        y[b0 + k, row0 + r] = _activate(acc[r, k] + bias[row0 + r], act, zero)
 
 
 def spmm_par_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, parts, y, yp):
@@ -352,8 +359,9 @@ def tile_csr(data, indices, indptr, rows_per_chunk, panel, n_panels, multiple):
     the chunk, panel ``q``) is ``tdata[seg[s]:seg[s + 1]]``, with column
     offsets ``tcols`` (uint16) from the panel's first feature. Each segment
     is padded with zero weights (offset 0) to a multiple of ``multiple``
-    nonzeros, so the kernel's unrolled loop needs no remainder step (whose
-    unpredictable exit costs about as much as a few nonzeros).
+    nonzeros: with ``multiple`` a multiple of a kernel's accumulator sets,
+    its unrolled loop needs no remainder step (whose unpredictable exit
+    costs about as much as a few nonzeros).
     """
     n_rows = indptr.size - 1
     R = rows_per_chunk
@@ -406,7 +414,7 @@ def spmv(data, indices, indptr, x, bias, act, row_starts, y):
             while p < end:
                 s0 += data[p] * x[np.uint64(indices[p])]
                 p += _U1
-            y[i] = _activate((s0 + s1) + (s2 + s3) + bias[i], act)
+            y[i] = _activate((s0 + s1) + (s2 + s3) + bias[i], act, data.dtype.type(0))
 
 
 def _spmv_forward(data, indices, indptr, X, bias, act, row_starts):

@@ -19,11 +19,13 @@ path is numpy's own product, so it also emits numpy's RuntimeWarnings
 Threads: the sparse kernels run on ``numba.get_num_threads()`` threads, the
 dense path on BLAS's; :func:`sparseprune.thread_limit` sets both at once. The
 parallel kernels are numba ``prange`` loops over nnz-balanced row ranges, on
-numba's OpenMP threading layer, which is safe to enter from several Python
-threads at once (see :mod:`sparseprune._threading`; launching one costs a few
-microseconds, against 100-150 us for the Python thread pool used before).
-Small work (under ``SERIAL_WORK`` multiply-adds, ``SERIAL_WORK_SPMV``
-nonzeros at batch 1) stays on the calling thread.
+a thread-safe numba threading layer (TBB or OpenMP; OpenMP here), safe to
+enter from several Python threads at once (see :mod:`sparseprune._threading`;
+a launch costs a few microseconds, against 100-150 us for the Python thread
+pool used before). Products under ``SERIAL_WORK`` multiply-adds
+(``SERIAL_WORK_SPMV`` nonzeros at batch 1) stay on the calling thread;
+packing a large input (``PACK_PARALLEL`` values) uses all threads whatever
+the product's size.
 
 A multi-threaded BLAS call leaves OpenBLAS's worker threads spinning for
 about 0.1 s; parallel sparse kernels run in that window were measured 2-3x
@@ -76,9 +78,12 @@ ROWS_PER_CHUNK = 128
 #: the narrowest panel.
 PANEL_NNZ = 48
 MIN_PANEL = 128
-#: Segments of the tiled layout are padded to a multiple of this many nonzeros.
+#: Segments of the tiled layout are padded to a multiple of this many nonzeros:
+#: the two accumulator sets of the 64-lane kernel (large batches) then need no
+#: remainder step. The narrower kernels have four sets and keep theirs; padding
+#: to 4 measured 3% slower at 10% density, batch 256.
 PAD_TO = 2
-#: Largest packed buffer a thread keeps for reuse (bigger ones are allocated per call).
+#: Most bytes of packed buffers a thread keeps for reuse (beyond: allocated per call).
 SCRATCH_MAX_BYTES = 64 << 20
 #: Byte alignment of the packed input (one cache line).
 _ALIGN = 64
@@ -381,13 +386,14 @@ def _scratch_array(slot: int, shape: tuple, dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > SCRATCH_MAX_BYTES:
-        # A one-off huge batch gets its own array rather than a buffer this
-        # thread would then hold on to for good.
-        return _aligned_empty(shape, dtype)
     bufs = getattr(_scratch, "bufs", None)
     if bufs is None:
         bufs = _scratch.bufs = {}
+    held = sum(b.size for k, b in bufs.items() if k != slot)
+    if held + nbytes > SCRATCH_MAX_BYTES:
+        # A one-off huge batch gets its own array rather than buffers this
+        # thread would then hold on to for good.
+        return _aligned_empty(shape, dtype)
     buf = bufs.get(slot)
     if buf is None or buf.size < nbytes:
         buf = _aligned_empty((max(nbytes, 64),), np.uint8)
@@ -618,7 +624,8 @@ class SparseLinear:
         self.shape = (int(W.shape[0]), int(W.shape[1]))
         self.dtype = self._data.dtype
         self._has_bias = bias is not None
-        self.bias = _check_bias(bias, self.shape[0], self.dtype)
+        # A copy, like the weights: later changes to the caller's array do not reach the layer.
+        self.bias = np.array(_check_bias(bias, self.shape[0], self.dtype), copy=True)
         self._dense_w = None
         self._tiled_w: _Tiled | None = None
         # 16-bit column indices for the SpMV where they fit (measured 3-5%

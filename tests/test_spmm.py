@@ -569,3 +569,33 @@ def test_packed_buffers_are_reused_per_thread_but_not_when_huge(monkeypatch):
     monkeypatch.setattr(spmm_mod, "SCRATCH_MAX_BYTES", 1000)
     big = spmm_mod._scratch_array(0, (1, 50, 64), np.float32)
     assert not np.shares_memory(big, b) and big.shape == (1, 50, 64) and big.ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_relu_of_minus_inf_is_zero_like_np_maximum(batch):
+    # -inf (from an infinite input or from overflow) must give 0 after relu, as
+    # np.maximum does, not NaN; chained layers must then carry on from the 0.
+    W1 = sp.csr_array(np.array([[1e38, 1e38, 0], [0, 0, 1]], np.float32))
+    W2 = sp.csr_array(np.array([[1, 1]], np.float32))
+    X = np.tile(np.array([-10, -10, 1], np.float32), (batch, 1))
+    l1 = sparseprune.SparseLinear(W1, activation="relu")
+    l2 = sparseprune.SparseLinear(W2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dense = np.maximum(X @ W1.toarray().T, 0) @ W2.toarray().T
+        h = l1(X, method="sparse")
+        np.testing.assert_array_equal(h, np.maximum(X @ W1.toarray().T, 0))
+        np.testing.assert_array_equal(l2(h, method="sparse"), dense)
+        if batch > 1:
+            P = l1._forward_chained(X, out_packed=True)
+            np.testing.assert_array_equal(l2._forward_chained(P, out_packed=False), dense)
+    Xi = np.array([[-np.inf, 1.0, 1.0]], np.float32).repeat(batch, 0)
+    with np.errstate(invalid="ignore"):
+        ref = np.maximum(Xi @ W1.toarray().T, 0)
+    np.testing.assert_array_equal(l1(Xi, method="sparse"), ref)
+
+
+def test_layer_keeps_its_own_bias_copy():
+    b = np.ones(3, np.float32)
+    layer = sparseprune.SparseLinear(sp.csr_array(np.eye(3, dtype=np.float32)), b)
+    b[:] = 5
+    np.testing.assert_array_equal(layer(np.zeros((2, 3), np.float32), method="sparse"), np.ones((2, 3)))
