@@ -62,12 +62,13 @@ SERIAL_WORK = 1_000_000
 SERIAL_WORK_SPMV = 32_000
 #: When a SparseLinear layer called with ``among_sparse=True`` falls back to
 #: dense and the product is predicted to take less than this (seconds), BLAS
-#: runs on one thread: a second BLAS
-#: thread saves at most this much, while BLAS's idle workers would then
-#: spin-wait against the sparse kernels of the next layers for far longer
-#: (see ``_threading.single_thread_blas``). Longer products, like a large
-#: matrix-vector product that needs both cores' memory bandwidth, keep all
-#: BLAS threads.
+#: runs on one thread: a second BLAS thread saves at most this much, while
+#: BLAS's idle workers would then spin-wait against the parallel sparse
+#: kernels of the next layers for far longer (see
+#: ``_threading.single_thread_blas``; measured: a 95%-pruned 1024-4096-4096-10
+#: MLP at batch 256 took 16 ms instead of 6.7 ms with a 2-thread output layer).
+#: Longer products, like a large matrix-vector product that needs both
+#: cores' memory bandwidth, keep all BLAS threads.
 SMALL_DENSE_S = 3e-4
 #: Inputs with at least this many elements are packed by all threads.
 PACK_PARALLEL = 1 << 16
@@ -708,6 +709,12 @@ class SparseLinear:
                                self.shape[0], self._parts, self._tiled, self._spmv_cols)
 
     forward = __call__
+
+    def _runs_parallel(self, batch: int) -> bool:
+        """Whether a call at ``batch`` takes the sparse path on more than one thread."""
+        if self._decision(batch, "auto").path != "sparse" or numba.get_num_threads() < 2 or batch == 0:
+            return False
+        return self.nnz >= SERIAL_WORK_SPMV if batch == 1 else self.nnz * batch >= SERIAL_WORK
 
     def _forward_chained(self, inp, out_packed: bool):
         """The sparse path for a layer inside a chain of sparse layers (batch >= 2).
