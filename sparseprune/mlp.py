@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from typing import Any
 
+import numba
 import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -381,9 +382,11 @@ class _BaseMLP(BaseEstimator):
         # (in this pass and the next call's). With only serial sparse kernels a
         # second BLAS thread costs nothing and helps: the digits MLP at 90%
         # pruning, batch 256, took 354 us with one BLAS thread, 287 us with two.
-        parallel_sparse = any(self.layers_[i].is_sparse
-                              and self.layers_[i]._prepared(self.activation if i < last else None)._runs_parallel(n)
-                              for i in range(upto + 1))
+        n_threads = numba.get_num_threads()
+        parallel_sparse = n_threads > 1 and any(
+            self.layers_[i].is_sparse
+            and self.layers_[i]._prepared(self.activation if i < last else None)._runs_parallel(n, n_threads)
+            for i in range(upto + 1))
         for i in range(upto + 1):
             if ops[i] is not None:
                 # Consecutive sparse layers hand over packed activations: no

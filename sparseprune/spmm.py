@@ -710,11 +710,14 @@ class SparseLinear:
 
     forward = __call__
 
-    def _runs_parallel(self, batch: int) -> bool:
+    def _runs_parallel(self, batch: int, n_threads: int) -> bool:
         """Whether a call at ``batch`` takes the sparse path on more than one thread."""
-        if self._decision(batch, "auto").path != "sparse" or numba.get_num_threads() < 2 or batch == 0:
+        # Cheap tests first: this runs for every layer of every MLP forward pass.
+        if n_threads < 2 or batch == 0:
             return False
-        return self.nnz >= SERIAL_WORK_SPMV if batch == 1 else self.nnz * batch >= SERIAL_WORK
+        if (self.nnz < SERIAL_WORK_SPMV) if batch == 1 else (self.nnz * batch < SERIAL_WORK):
+            return False
+        return self._decision(batch, "auto").path == "sparse"
 
     def _forward_chained(self, inp, out_packed: bool):
         """The sparse path for a layer inside a chain of sparse layers (batch >= 2).
