@@ -34,9 +34,11 @@ from sparseprune.spmm import SparseLinear, _Packed, explain, linear
 __all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
 
 # ---------------------------------------------------------------------------
-# The sparse inference dispatcher (sparseprune/spmm.py). Every forward pass of
-# a fitted model goes through ``_layer_forward`` and every dispatcher question
-# through ``_dispatch_choice``.
+# The sparse inference dispatcher (sparseprune/spmm.py). A fitted model's
+# forward pass (``_BaseMLP._hidden_activations``) runs each layer through
+# ``_layer_forward``, except runs of consecutive batched sparse layers, which
+# ``SparseLinear._forward_chained`` links with packed activations; every
+# dispatcher question goes through ``_dispatch_choice``.
 # ---------------------------------------------------------------------------
 def _layer_forward(layer: "Layer", X, activation, among_sparse: bool = False):
     """``act(X @ W.T + b)`` for one layer through the dispatcher; returns ``(output, ran_sparse)``.
