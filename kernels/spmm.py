@@ -10,13 +10,15 @@ Batched SpMM (:func:`spmm_kernel`)
     ``X`` is packed feature-major (:func:`pack`) into blocks of ``width``
     batch rows, ``xp[block, feature, lane]`` (zero-padded lanes), so a
     nonzero ``w_ij`` streams over one contiguous run ``xp[block, j, :]``: one
-    broadcast and ``width / 16`` fused multiply-adds.
+    broadcast and ``width / 16`` fused multiply-adds (float32 on an AVX-512
+    core; ``width / 8`` for float64).
 
     The weights are reordered once per layer (:func:`tile_csr`): rows in
     chunks of ``rows_per_chunk``, and within a chunk the nonzeros panel by
     panel (``panel`` input features each), with 16-bit column offsets. A
     chunk's rows go through one panel of the packed input before the next,
-    so the panel (``panel x 64`` values) stays in L1 while those rows use it;
+    so the panel (``panel x 64`` values) stays in L1 (L2 for the wide panels
+    of sparse layers) while those rows use it;
     the rows' partial sums (``rows_per_chunk x width``) are loaded and
     stored once per panel. With the whole input block in L2 instead (one
     panel), a nonzero cost 1.25x more at 10% density (2.21 vs 1.76 ns, one
@@ -36,8 +38,8 @@ Vector width
     512-bit vectors through a per-function attribute
     (:func:`sparseprune.kernels._jit.wide_vectors`): one zmm FMA per 16
     lanes. Together with the L1-resident panels this took a nonzero from
-    3.1 ns to 1.4-1.9 ns per 64 lanes on one core (width 64, 4096 x 4096,
-    5-30% density). The packed input starts on a 64-byte boundary, so each
+    3.1 ns (5% density) to 1.6-1.9 ns (10-30%) per 64 lanes on one core
+    (width 64, 4096 x 4096). The packed input starts on a 64-byte boundary, so each
     zmm load is one cache line.
 
 Batch-1 SpMV (:func:`spmv_forward_par`, :func:`spmv_forward_serial`)
