@@ -235,6 +235,7 @@ def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, ac
     # chunk's panels go by.
     acc = np.empty((R, {width}), data.dtype)
     for blk in range(xp.shape[0]):
+        xf = xp[blk].reshape(-1)
         b0 = blk * {width}
         nb = min({width}, n_batch - b0)
         for c in range(c0, c1):
@@ -244,7 +245,10 @@ def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, ac
                 for k in range({width}):
                     acc[r, k] = zero
             for q in range(n_panels):
-                xo = np.uint64(q * panel)
+                # The panel's packed rows as one flat run: a nonzero's lanes are
+                # xq[offset * width + lane] (a shift and constant displacements;
+                # no per-nonzero add of the panel start or multiply by a stride).
+                xq = xf[q * panel * {width}:]
                 s0 = (c * n_panels + q) * R
                 for r in range(nr):
                     # Unsigned positions: numba adds a negative-index fix-up to
@@ -257,7 +261,7 @@ def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, ac
 {unrolled}
                     while p < end:
                         w0 = data[p]
-                        j0 = xo + np.uint64(cols[p])
+                        j0 = np.uint64(cols[p]) * _UW
 {step1}
                         p += _U1
 {store}
@@ -295,7 +299,7 @@ def _make_spmm(width: int, sets: int):
     acc = [[f"a{u}_{k}" for k in ks] for u in range(sets)]
     init = "\n".join([f"{pad}{acc[0][k]} = acc[r, {k}]" for k in ks]
                      + [f"{pad}{acc[u][k]} = zero" for u in range(1, sets) for k in ks])
-    step1 = "\n".join(f"{pad}    {acc[0][k]} += w0 * xp[blk, j0, {k}]" for k in ks)
+    step1 = "\n".join(f"{pad}    {acc[0][k]} += w0 * xq[j0 + _K{k}]" for k in ks)
 
     def tree(terms):  # pairwise sum: short dependency chains
         if len(terms) == 1:
@@ -306,13 +310,16 @@ def _make_spmm(width: int, sets: int):
     store = "\n".join(f"{pad}acc[r, {k}] = " + tree([acc[u][k] for u in range(sets)]) for k in ks)
     unrolled = ""
     if sets > 1:
-        loads = "\n".join(f"{pad}    w{u} = data[p + _U{u}]\n{pad}    j{u} = xo + np.uint64(cols[p + _U{u}])"
+        loads = "\n".join(f"{pad}    w{u} = data[p + _U{u}]\n{pad}    j{u} = np.uint64(cols[p + _U{u}]) * _UW"
                           for u in range(sets))
-        fmas = "\n".join(f"{pad}    {acc[u][k]} += w{u} * xp[blk, j{u}, {k}]" for u in range(sets) for k in ks)
+        fmas = "\n".join(f"{pad}    {acc[u][k]} += w{u} * xq[j{u} + _K{k}]" for u in range(sets) for k in ks)
         unrolled = f"{pad}while p + _U{sets} <= end:\n{loads}\n{fmas}\n{pad}    p += _U{sets}"
     src = _SPMM_TEMPLATE.format(width=width, init=init, unrolled=unrolled, step1=step1, store=store)
     namespace: dict = {}
     env = dict(globals())
+    # Unsigned constants: the row stride and lane offsets in the packed input.
+    env["_UW"] = np.uint64(width)
+    env.update({f"_K{k}": np.uint64(k) for k in ks})
     # Compiled under this file's name so numba's on-disk cache can place it.
     exec(compile(src, __file__, "exec"), env, namespace)
     serial = namespace[f"spmm_w{width}"]

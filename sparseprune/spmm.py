@@ -79,6 +79,13 @@ ROWS_PER_CHUNK = 128
 #: the narrowest panel.
 PANEL_NNZ = 48
 MIN_PANEL = 128
+#: The 64-lane kernel (full batch blocks) wants panels this many times
+#: narrower: its panel of the packed input is 4x the 16-lane kernel's, and at
+#: 10% density, batch 256, panels of 256 instead of 512 features measured
+#: 3-5% faster (2-8% at 30%; even at 1-5%), while the 16-lane kernel got
+#: 15% slower with them. A layer called at both kinds of batch sizes keeps
+#: both layouts (6 bytes per nonzero each).
+WIDE_PANEL_DIVISOR = 2
 #: Segments of the tiled layout are padded to a multiple of this many nonzeros:
 #: the two accumulator sets of the 64-lane kernel (large batches) then need no
 #: remainder step. The narrower kernels have four sets and keep theirs; padding
@@ -461,15 +468,20 @@ class _Tiled:
         return p
 
 
-def _panel_width(n_in: int, density: float) -> int:
+def _panel_width(n_in: int, density: float, width: int = 16) -> int:
     """Input features per panel: about ``PANEL_NNZ`` nonzeros per row and panel, at least ``MIN_PANEL``.
+
+    ``width`` is the batch-block width of the kernel that reads the layout:
+    the 64-lane kernel wants ``WIDE_PANEL_DIVISOR`` times fewer nonzeros per
+    panel.
 
     A panel of the packed input (``panel x 64`` values) is read by every row of
     a chunk, so a narrow one stays in L1; but each row pays a fixed cost per
     panel (its partial sums loaded and stored, a mispredicted loop exit), so
     sparse rows want wide panels.
     """
-    want = PANEL_NNZ / density if density > 0 else math.inf
+    nnz_wanted = PANEL_NNZ / WIDE_PANEL_DIVISOR if width >= 64 else PANEL_NNZ
+    want = nnz_wanted / density if density > 0 else math.inf
     panel = MIN_PANEL
     while panel < want and panel < n_in:
         panel *= 2
@@ -490,12 +502,15 @@ def _untiled(data, indices, indptr, n_in: int) -> _Tiled:
                   max(1, n_in))
 
 
-def _spmm(packed: _Packed, t: _Tiled, bias, act: int, n_out: int, n_threads: int, out_packed: bool):
-    """The SpMM kernels over every block of ``packed``: a (batch, out) array or, if ``out_packed``, a _Packed."""
+def _spmm(packed: _Packed, tiled, bias, act: int, n_out: int, n_threads: int, out_packed: bool):
+    """The SpMM kernels over every block of ``packed``: a (batch, out) array or, if ``out_packed``, a _Packed.
+
+    ``tiled(width)`` gives the weights' tiled layout for the kernel of that width.
+    """
+    t = tiled(packed.blocks[0][2]) if packed.blocks else tiled(64)
     dtype = t.data.dtype
     nnz = int(t.seg[-1])
     parallel = n_threads > 1 and nnz * packed.n_batch >= SERIAL_WORK
-    parts = t.parts(PARTS_PER_THREAD * n_threads) if parallel else None
     if out_packed:
         out_blocks = _new_blocks(packed.n_batch, n_out, dtype, slot=1 - packed.slot)
         Y = None
@@ -505,9 +520,10 @@ def _spmm(packed: _Packed, t: _Tiled, bias, act: int, n_out: int, n_threads: int
     no_yp = np.empty((0, 0, 0), dtype)
     for i, (b0, b1, width, xp) in enumerate(packed.blocks):
         y, yp = (no_y, out_blocks[i][3]) if out_packed else (Y[b0:b1], no_yp)
+        t = tiled(width)
         args = (t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, xp, bias, act)
         if parallel:
-            run_parallel(_k.spmm_kernel(width, parallel=True), *args, parts, y, yp)
+            run_parallel(_k.spmm_kernel(width, parallel=True), *args, t.parts(PARTS_PER_THREAD * n_threads), y, yp)
         else:
             _k.spmm_kernel(width)(*args, 0, t.chunk_ptr.size - 1, y, yp)
     if out_packed:
@@ -529,7 +545,7 @@ def _spmv(X, data, indices, indptr, bias, act, row_starts_for, n_threads):
 
 def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, tiled,
                     spmv_cols=None) -> np.ndarray:
-    """``act(X @ W.T + bias)`` on the sparse kernels; ``tiled()`` gives W for the SpMM.
+    """``act(X @ W.T + bias)`` on the sparse kernels; ``tiled(width)`` gives W for the SpMM.
 
     ``spmv_cols`` are the column indices the SpMV reads (a uint16 copy of
     ``indices`` where it fits: 6 bytes per nonzero instead of 8).
@@ -546,7 +562,7 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, 
         return Y
     packed = _pack_input(X, n_threads)
     flags = packed.nonfinite
-    Y = _spmm(packed, tiled(), bias, act, n_out, n_threads, out_packed=False)
+    Y = _spmm(packed, tiled, bias, act, n_out, n_threads, out_packed=False)
     if flags.any():
         _propagate_nonfinite(X, np.flatnonzero(flags), data, indices, indptr, bias, act, Y)
     return Y
@@ -628,7 +644,7 @@ class SparseLinear:
         # A copy, like the weights: later changes to the caller's array do not reach the layer.
         self.bias = np.array(_check_bias(bias, self.shape[0], self.dtype), copy=True)
         self._dense_w = None
-        self._tiled_w: _Tiled | None = None
+        self._tiled_w: dict[int, _Tiled] = {}
         # 16-bit column indices for the SpMV where they fit (measured 3-5%
         # faster at batch 1: fewer bytes per nonzero).
         self._spmv_cols = (self._indices.astype(np.uint16) if self.shape[1] <= _k.PANEL_MAX
@@ -666,13 +682,17 @@ class SparseLinear:
                     self._dense_w = self.weight.toarray()
         return self._dense_w
 
-    def _tiled(self) -> _Tiled:
-        if self._tiled_w is None:
+    def _tiled(self, width: int = 16) -> _Tiled:
+        """The tiled layout for the kernel of ``width`` lanes (layouts are kept per panel width)."""
+        panel = _panel_width(self.shape[1], self.density, width)
+        t = self._tiled_w.get(panel)
+        if t is None:
             with self._lock:
-                if self._tiled_w is None:
-                    panel = _panel_width(self.shape[1], self.density)
-                    self._tiled_w = _tile(self._data, self._indices, self._indptr, self.shape[1], panel)
-        return self._tiled_w
+                t = self._tiled_w.get(panel)
+                if t is None:
+                    t = _tile(self._data, self._indices, self._indptr, self.shape[1], panel)
+                    self._tiled_w[panel] = t
+        return t
 
     def _decision(self, batch: int, method: str) -> Decision:
         key = (batch, method, numba.get_num_threads(), _cal.generation)
@@ -737,7 +757,7 @@ class SparseLinear:
         if packed.nonfinite.any():
             X = packed.unpack() if isinstance(inp, _Packed) else inp
             return self(X, method="sparse")
-        return _spmm(packed, self._tiled(), self.bias, self._act, self.shape[0], n_threads, out_packed)
+        return _spmm(packed, self._tiled, self.bias, self._act, self.shape[0], n_threads, out_packed)
 
     def __repr__(self) -> str:
         return (f"SparseLinear(shape={self.shape}, dtype={self.dtype}, nnz={self.nnz}, "
@@ -807,13 +827,25 @@ def linear(X, W, bias=None, activation=None, *, method: str = "auto") -> np.ndar
             return _dense_forward(X, Wd, b, bias is not None, act)
         return _sparse_forward(X, data, indices, indptr, b, act, shape[0],
                                lambda n: _k.balanced_row_starts(indptr, n),
-                               lambda: _untiled(data, indices, indptr, shape[1]))
+                               _once(lambda: _untiled(data, indices, indptr, shape[1])))
     Wd = check_float_matrix(W, "W")
     b = _check_bias(bias, Wd.shape[0], Wd.dtype)
     X = _check_input(X, Wd.shape[1], Wd.dtype)
     if method == "sparse":
         return SparseLinear(Wd, b if bias is not None else None, activation)(X, method="sparse")
     return _dense_forward(X, Wd, b, bias is not None, act)
+
+
+def _once(make):
+    """``tiled(width)`` for a one-off call: the same (untiled) layout for every width, made once."""
+    held = []
+
+    def tiled(width: int = 16):
+        if not held:
+            held.append(make())
+        return held[0]
+
+    return tiled
 
 
 def explain(X, W, method: str = "auto") -> Decision:
