@@ -3,8 +3,9 @@
 ``sparseprune demo`` trains, prunes and times the project's models on one
 dataset and writes ``results.json`` plus PNG plots; ``sparseprune bench`` sweeps
 the kernels against numpy/scipy baselines. Both measure the way
-:mod:`sparseprune._measure` describes (warm-up excluded, interleaved repeats,
-median with IQR, BLAS and numba on the same thread count).
+:mod:`sparseprune._measure` describes (warm-up excluded, repeats interleaved
+for demo and grouped after a pause for bench, median with IQR, BLAS and numba
+on the same thread count).
 
 Exit codes: 0 success; 1 a section failed or the data could not be read;
 2 bad usage (one line on stderr, no traceback); 130 interrupted (Ctrl-C), in
@@ -299,7 +300,10 @@ def _header(command: str, run: _Run, argv: Sequence[str]) -> dict:
             "repeats": run.repeats,
             "warmup_calls_excluded": run.warmup,
             "min_seconds_per_repeat": run.min_time,
-            "interleaved": "competitors timed round-robin in one process, order alternating per repeat",
+            "interleaved": ("competitors timed round-robin in one process, order alternating per repeat"
+                            if not run.settle else
+                            f"each competitor timed as a group of repeats after a {run.settle:g} s pause, two "
+                            "passes in opposite order (BLAS's spinning workers would slow the next competitor)"),
             "threads": "BLAS (threadpoolctl) and numba limited to the same count (sparseprune.thread_limit)",
             "accuracy": "held-out test split",
         },
