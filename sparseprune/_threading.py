@@ -32,17 +32,25 @@ def threading_layer() -> str:
         return "unset"
 
 
+_layer_safe = False
+
+
+def _layer_is_safe() -> bool:
+    """Whether numba's threading layer is known to be thread-safe (cached once it is)."""
+    global _layer_safe
+    if not _layer_safe and threading_layer() in _SAFE_LAYERS:
+        _layer_safe = True
+    return _layer_safe
+
+
 @contextlib.contextmanager
 def parallel_guard() -> Iterator[None]:
     """Serialise a parallel kernel launch unless the threading layer is known to be thread-safe."""
-    if threading_layer() in _SAFE_LAYERS:
+    if _layer_is_safe():
         yield
         return
     with _launch_lock:
         yield
-
-
-_layer_safe = False
 
 
 def run_parallel(fn, *args):
@@ -52,11 +60,7 @@ def run_parallel(fn, *args):
     the per-call path of a 0.4 ms kernel, the guard's generator measured a
     few microseconds.
     """
-    global _layer_safe
-    if _layer_safe:
-        return fn(*args)
-    if threading_layer() in _SAFE_LAYERS:
-        _layer_safe = True
+    if _layer_is_safe():
         return fn(*args)
     with _launch_lock:
         return fn(*args)

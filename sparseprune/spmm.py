@@ -235,10 +235,16 @@ class Decision:
         return f"{self.path} ({self.kernel}): {self.reason}"
 
 
+def _goes_parallel(nnz: int, batch: int, n_threads: int) -> bool:
+    """Whether a sparse product of ``nnz`` nonzeros at ``batch`` runs on more than one thread."""
+    if n_threads < 2 or batch == 0:
+        return False
+    return nnz >= SERIAL_WORK_SPMV if batch == 1 else nnz * batch >= SERIAL_WORK
+
+
 def _kernel_name(batch: int, nnz: int) -> str:
     n = numba.get_num_threads()
-    limit = SERIAL_WORK_SPMV if batch <= 1 else SERIAL_WORK
-    mode = f"{n} threads" if nnz * max(batch, 1) >= limit and n > 1 else "1 thread"
+    mode = f"{n} threads" if _goes_parallel(nnz, max(batch, 1), n) else "1 thread"
     if batch <= 1:
         return f"kernels.spmm.spmv ({mode})"
     full, rest = divmod(batch, 64)
@@ -510,7 +516,7 @@ def _spmm(packed: _Packed, tiled, bias, act: int, n_out: int, n_threads: int, ou
     t = tiled(packed.blocks[0][2]) if packed.blocks else tiled(64)
     dtype = t.data.dtype
     nnz = int(t.seg[-1])
-    parallel = n_threads > 1 and nnz * packed.n_batch >= SERIAL_WORK
+    parallel = _goes_parallel(nnz, packed.n_batch, n_threads)
     if out_packed:
         out_blocks = _new_blocks(packed.n_batch, n_out, dtype, slot=1 - packed.slot)
         Y = None
@@ -537,7 +543,7 @@ def _spmm(packed: _Packed, tiled, bias, act: int, n_out: int, n_threads: int, ou
 def _spmv(X, data, indices, indptr, bias, act, row_starts_for, n_threads):
     """Batch 1: ``(Y, has_nonfinite)``."""
     X = np.ascontiguousarray(X)
-    if n_threads > 1 and int(indptr[-1]) >= SERIAL_WORK_SPMV:
+    if _goes_parallel(int(indptr[-1]), 1, n_threads):
         return run_parallel(_k.spmv_forward_par, data, indices, indptr, X, bias, act,
                             row_starts_for(PARTS_PER_THREAD * n_threads))
     return _k.spmv_forward_serial(data, indices, indptr, X, bias, act, row_starts_for(1))
@@ -732,12 +738,8 @@ class SparseLinear:
 
     def _runs_parallel(self, batch: int, n_threads: int) -> bool:
         """Whether a call at ``batch`` takes the sparse path on more than one thread."""
-        # Cheap tests first: this runs for every layer of every MLP forward pass.
-        if n_threads < 2 or batch == 0:
-            return False
-        if (self.nnz < SERIAL_WORK_SPMV) if batch == 1 else (self.nnz * batch < SERIAL_WORK):
-            return False
-        return self._decision(batch, "auto").path == "sparse"
+        # The cheap test first: this runs for every layer of every MLP forward pass.
+        return _goes_parallel(self.nnz, batch, n_threads) and self._decision(batch, "auto").path == "sparse"
 
     def _forward_chained(self, inp, out_packed: bool):
         """The sparse path for a layer inside a chain of sparse layers (batch >= 2).
