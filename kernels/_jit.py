@@ -89,3 +89,98 @@ def wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return _types.void(), codegen
+
+
+def _tile_size(dtype) -> int:
+    """Lanes of a :func:`transpose_tile` tile: one 512-bit vector (16 float32, 8 float64)."""
+    return 512 // dtype.bitwidth
+
+
+@intrinsic
+def transpose_tile(typingctx, src, r0, c0, dst, r1, c1):
+    """``dst[r1 + i, c1 + j] = src[r0 + j, c0 + i]`` for ``i, j < T``: one T x T tile transposed in registers.
+
+    ``T`` is one 512-bit vector of the dtype (16 float32, 8 float64); ``src``
+    and ``dst`` are 2-D arrays of the same float dtype, and the caller
+    guarantees that the tile lies inside both (no bounds checks here).
+
+    numba has no SIMD shuffles of its own, and LLVM compiles a plain
+    transposing loop to one scalar load (or a gather) per element: packing a
+    256 x 4096 input that way took 0.8 ns per value on one core. Here the
+    tile's T rows are loaded as T vectors, transposed with ``log2(T)``
+    rounds of two-vector shuffles (each round swaps one bit of the row
+    index with the same bit of the column index), and stored as T vectors.
+    A C-contiguous array is read (written) a row vector at a time; any
+    other layout element by element, so every layout gives the right result.
+    """
+    ok = (isinstance(src, _types.Array) and isinstance(dst, _types.Array) and src.ndim == 2
+          and dst.ndim == 2 and src.dtype == dst.dtype and src.dtype in (_types.float32, _types.float64)
+          and all(isinstance(v, _types.Integer) for v in (r0, c0, r1, c1)))
+    if not ok:
+        return None
+    T = _tile_size(src.dtype)
+    align = src.dtype.bitwidth // 8
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        src_v, r0_v, c0_v, dst_v, r1_v, c1_v = args
+        ety = context.get_data_type(sig.args[0].dtype)
+        vty = ir.VectorType(ety, T)
+        i64 = ir.IntType(64)
+
+        def index(v, ty):
+            return context.cast(builder, v, ty, _types.intp)
+
+        def pointer(arrty, arr, i, j):
+            shape = cgutils.unpack_tuple(builder, arr.shape, 2)
+            strides = cgutils.unpack_tuple(builder, arr.strides, 2)
+            return cgutils.get_item_pointer2(context, builder, arr.data, shape, strides, arrty.layout, [i, j])
+
+        def offset(base, k):
+            return builder.add(base, ir.Constant(i64, k))
+
+        sty, dty = sig.args[0], sig.args[3]
+        s = context.make_array(sty)(context, builder, src_v)
+        d = context.make_array(dty)(context, builder, dst_v)
+        r0_i, c0_i = index(r0_v, sig.args[1]), index(c0_v, sig.args[2])
+        r1_i, c1_i = index(r1_v, sig.args[4]), index(c1_v, sig.args[5])
+
+        rows = []
+        for j in range(T):
+            if sty.layout == "C":
+                p = pointer(sty, s, offset(r0_i, j), c0_i)
+                rows.append(builder.load(builder.bitcast(p, vty.as_pointer()), align=align))
+            else:
+                v = ir.Constant(vty, ir.Undefined)
+                for i in range(T):
+                    e = builder.load(pointer(sty, s, offset(r0_i, j), offset(c0_i, i)), align=align)
+                    v = builder.insert_element(v, e, ir.Constant(ir.IntType(32), i))
+                rows.append(v)
+        bit = 1
+        while bit < T:
+            # Rows i and i + bit exchange the elements whose column has this bit
+            # set with the partner's elements whose column has it clear.
+            lo = ir.Constant(ir.VectorType(ir.IntType(32), T),
+                             [c + T - bit if c & bit else c for c in range(T)])
+            hi = ir.Constant(ir.VectorType(ir.IntType(32), T),
+                             [c + T if c & bit else c + bit for c in range(T)])
+            new = list(rows)
+            for i in range(T):
+                if not i & bit:
+                    new[i] = builder.shuffle_vector(rows[i], rows[i + bit], lo)
+                    new[i + bit] = builder.shuffle_vector(rows[i], rows[i + bit], hi)
+            rows = new
+            bit *= 2
+        for i in range(T):
+            if dty.layout == "C":
+                p = pointer(dty, d, offset(r1_i, i), c1_i)
+                builder.store(rows[i], builder.bitcast(p, vty.as_pointer()), align=align)
+            else:
+                for j in range(T):
+                    e = builder.extract_element(rows[i], ir.Constant(ir.IntType(32), j))
+                    builder.store(e, pointer(dty, d, offset(r1_i, i), offset(c1_i, j)), align=align)
+        return context.get_dummy_value()
+
+    return _types.void(src, r0, c0, dst, r1, c1), codegen

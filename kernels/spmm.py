@@ -2,16 +2,24 @@
 
 Raw arrays only: the public layer (``sparseprune.spmm``) validates the CSR
 arrays (sorted, in-range column indices) and the input before any kernel
-runs. The serial kernels release the GIL; each has a ``prange`` driver that
-runs nnz-balanced ranges of rows on numba's threads (each range writes its
-own outputs: no races, no atomics).
+runs. The kernels release the GIL; the parallel drivers are ``prange`` loops
+whose iterations write disjoint outputs (no races, no atomics).
 
-Batched SpMM (:func:`spmm_kernel`)
-    ``X`` is packed feature-major (:func:`pack`) into blocks of ``width``
+Batched SpMM (:func:`spmm_forward`, :func:`spmm_kernel`)
+    ``X`` is packed feature-major (:func:`pack_block`) into blocks of ``width``
     batch rows, ``xp[block, feature, lane]`` (zero-padded lanes), so a
     nonzero ``w_ij`` streams over one contiguous run ``xp[block, j, :]``: one
     broadcast and ``width / 16`` fused multiply-adds (float32 on an AVX-512
     core; ``width / 8`` for float64).
+
+    :func:`spmm_forward` runs the pack, the NaN/inf check and the product in
+    one compiled call, each thread packing into its own buffer: in parallel,
+    a thread takes whole blocks of 64 batch rows (it packs them and runs every
+    weight row on them), or, for batches too small to split that way, packs
+    the whole batch and takes a range of weight rows. Against packing once
+    and sharing the packed input between the threads (the previous design),
+    this measured 1.1x faster at 10% density, batch 256, and 1.3-1.6x at 1%
+    density, batch 16-256 (4096 x 4096, 2 threads).
 
     The weights are reordered once per layer (:func:`tile_csr`): rows in
     chunks of ``rows_per_chunk``, and within a chunk the nonzeros panel by
@@ -28,9 +36,8 @@ Batched SpMM (:func:`spmm_kernel`)
     The ``width`` accumulators of a row are named scalars, packed into
     vector registers by LLVM's SLP vectoriser; ``sets`` independent sets of
     them take alternate nonzeros, so the FMA latency does not bound narrow
-    blocks. Finished rows get bias and activation and are written once:
-    transposed into ``y`` (batch, out), or packed into ``yp`` for a next
-    sparse layer (no transposed write there, no pack in that layer).
+    blocks. Finished rows get bias and activation and are written once,
+    transposed into ``y`` (batch, out).
 
 Vector width
     LLVM compiles numba code for 256-bit vectors even on AVX-512 CPUs (the
@@ -52,6 +59,12 @@ Where the batched kernel's time goes (4096 x 4096, 10% density, batch 256, one c
     sorted by length, a branch-free grouped layout, alternating row direction.
     Kept: a flat per-panel view of the input (no per-nonzero add and multiply
     for the address, 1-4%) and narrower panels for the 64-lane kernel (3-10%).
+    Measured after the per-thread packing: replacing each nonzero's weight by
+    a constant made the kernel 13-15% faster (one load fewer per nonzero;
+    loading it from a small cached array instead gave no gain, so it is the
+    load, not the weight stream); storing weight and column in one 64-bit
+    word (one load, then a shift and a move to a vector register) was 9%
+    slower, and four columns per 64-bit load 8-10% slower.
 
 Batch-1 SpMV (:func:`spmv_forward_par`, :func:`spmv_forward_serial`)
     A dot product per row with four independent partial sums, on plain CSR
@@ -67,7 +80,7 @@ import numba
 import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 
-from sparseprune.kernels._jit import jit, jit_variants, wide_vectors
+from sparseprune.kernels._jit import jit, jit_variants, transpose_tile, wide_vectors
 
 # FMA contraction but no reassociation: with "reassoc" LLVM vectorises the
 # reductions over nonzeros with gathers (slow here: vgather is microcoded on
@@ -104,98 +117,49 @@ def _activate(v, act, zero):
     return v
 
 
-PACK_CHUNK = 512
+@jit(fastmath=False)
+def pack_block(x, xp):
+    """Pack ``x`` (``n <= W`` rows, K) into ``xp`` (K, W): ``xp[k, lane] = x[lane, k]``, padding lanes 0.
 
-
-def _pack(x, xp, t0, t1):
-    """Copy ``x`` (batch, K), any layout, into ``xp[block, k, lane]``; padding lanes are left alone.
-
-    Works on tiles ``t0`` to ``t1``: a tile is 16 lanes of one block by
-    ``PACK_CHUNK`` features (16 reads a row apart, one contiguous 64-byte
-    write per feature; measured 1.4x faster than transposing 8 x 8 or a row
-    at a time), so threads can pack disjoint tile ranges of one input.
+    Padding lanes are computed like the others by the SpMM kernels (never
+    stored): zeros keep them free of NaN and denormals, whatever the buffer
+    held before.
     """
-    n_batch, n_feat = x.shape
-    width = xp.shape[2]
-    n_chunks = (n_feat + PACK_CHUNK - 1) // PACK_CHUNK
-    n_groups = (width + 15) // 16
-    for t in range(t0, t1):
-        chunk = t % n_chunks
-        g = t // n_chunks
-        blk = g // n_groups
-        l0 = (g % n_groups) * 16
-        b0 = blk * width + l0
-        nl = min(16, width - l0, n_batch - b0)
-        if nl <= 0:
-            continue
-        k0 = chunk * PACK_CHUNK
-        k1 = min(n_feat, k0 + PACK_CHUNK)
-        if nl == 16:
-            for k in range(k0, k1):
-                for lane in range(16):
-                    xp[blk, k, l0 + lane] = x[b0 + lane, k]
-        else:
-            for k in range(k0, k1):
-                for lane in range(nl):
-                    xp[blk, k, l0 + lane] = x[b0 + lane, k]
-
-
-pack = jit(_pack)
-
-
-def pack_tiles(n_batch_block: int, width: int, n_feat: int) -> int:
-    """Number of :func:`pack` tiles for ``n_batch_block`` rows packed at ``width`` lanes."""
-    n_blocks = (n_batch_block + width - 1) // width
-    return n_blocks * ((width + 15) // 16) * ((n_feat + PACK_CHUNK - 1) // PACK_CHUNK)
+    n, n_feat = x.shape
+    width = xp.shape[1]
+    T = 64 // x.itemsize
+    full = n // T * T if width >= T else 0
+    for l0 in range(0, full, T):
+        k = 0
+        while k + T <= n_feat:
+            transpose_tile(x, l0, k, xp, k, l0)
+            k += T
+        for kk in range(k, n_feat):
+            for j in range(T):
+                xp[kk, l0 + j] = x[l0 + j, kk]
+    if full < width:
+        zero = xp.dtype.type(0)
+        for k in range(n_feat):
+            for lane in range(full, n):
+                xp[k, lane] = x[lane, k]
+            for lane in range(n, width):
+                xp[k, lane] = zero
 
 
 @jit
 def nonfinite_rows(x, flags):
-    """``flags[b] = 1`` where row ``b`` of ``x`` holds a NaN or an inf (else 0)."""
+    """``flags[b] = 1`` where row ``b`` of ``x`` holds a NaN or an inf (else 0); returns how many."""
+    n_bad = 0
     for b in range(x.shape[0]):
         # 0 for finite values, NaN for NaN or inf; a vectorised sum (a probe
         # inside the pack loop measured 3x slower than this separate pass).
         probe = x.dtype.type(0)
         for k in range(x.shape[1]):
             probe += x[b, k] * 0
-        flags[b] = 1 if probe != probe else 0
-
-
-@jit
-def packed_nonfinite(xp, flags):
-    """``flags[lane + block * width] = 1`` where a lane of ``xp[block, :, lane]`` holds NaN or inf.
-
-    ``flags`` has one entry per real batch row (padding lanes are skipped).
-    """
-    n_blocks, n_feat, width = xp.shape
-    probe = np.zeros(width, xp.dtype)
-    for blk in range(n_blocks):
-        probe[:] = 0
-        for j in range(n_feat):
-            for lane in range(width):
-                probe[lane] += xp[blk, j, lane] * 0  # 0 for finite values, NaN for NaN or inf
-        for lane in range(width):
-            b = blk * width + lane
-            if b < flags.size:
-                flags[b] = 1 if probe[lane] != probe[lane] else 0
-
-
-@jit(parallel=True)
-def pack_par(x, xp, bounds, flags):
-    """:func:`pack` over the tile ranges ``bounds[t]:bounds[t + 1]`` and :func:`nonfinite_rows`
-    over an equal share of the rows, both in the same parallel iteration ``t``.
-
-    One parallel region instead of two: each launch and its wake-up cost
-    more than the few microseconds of work per thread at small batches.
-    """
-    n_parts = bounds.size - 1
-    for t in numba.prange(n_parts):
-        pack(x, xp, bounds[t], bounds[t + 1])
-        b0 = x.shape[0] * t // n_parts
-        b1 = x.shape[0] * (t + 1) // n_parts
-        nonfinite_rows(x[b0:b1], flags[b0:b1])
-
-
+        bad = probe != probe
+        flags[b] = 1 if bad else 0
+        n_bad += bad
+    return n_bad
 
 
 class _SLPDispatcher:
@@ -213,12 +177,20 @@ class _SLPDispatcher:
         self._seen: set = set()
 
     def __call__(self, *args):
-        d = self.dispatcher
         # A cheap key first (numba.typeof on every argument costs ~20 us a call).
         # numba types read-only and unaligned arrays apart: they must be in the key,
         # or such a call would compile without the SLP vectoriser.
         key = tuple((a.dtype.num, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable,
                      a.flags.aligned) if isinstance(a, np.ndarray) else type(a) for a in args)
+        return self.keyed(key, *args)
+
+    def keyed(self, key, *args):
+        """Call with a caller-made ``key`` that sets apart every argument type the call can take.
+
+        For callers that fix all but a few argument types themselves: the
+        full key costs about 1 us per argument.
+        """
+        d = self.dispatcher
         if key not in self._seen:
             sig = tuple(numba.typeof(a) for a in args)
             if sig not in d.overloads:
@@ -237,11 +209,10 @@ class _SLPDispatcher:
 PANEL_MAX = 1 << 16
 
 _SPMM_TEMPLATE = """
-def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, c0, c1, y, yp):
+def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, c0, c1, y):
     wide_vectors()
     n_out = bias.size
     n_batch = y.shape[0]
-    packed = yp.shape[0] > 0
     zero = data.dtype.type(0)
     R = rows_per_chunk
     # The partial outputs of one chunk of rows, `width` lanes each: 32 KiB
@@ -279,22 +250,37 @@ def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, ac
 {step1}
                         p += _U1
 {store}
-            if packed:
+            # Transposed into y: each lane's outputs are one contiguous run.
+            for k in range(nb):
                 for r in range(nr):
-                    bi = bias[row0 + r]
-                    for k in range({width}):
-                        yp[blk, row0 + r, k] = _activate(acc[r, k] + bi, act, zero)
-            else:
-                # Transposed into y: each lane's outputs are one contiguous run.
-                for k in range(nb):
-                    for r in range(nr):
-                        y[b0 + k, row0 + r] = _activate(acc[r, k] + bias[row0 + r], act, zero)
+                    y[b0 + k, row0 + r] = _activate(acc[r, k] + bias[row0 + r], act, zero)
 
 
-def spmm_par_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, parts, y, yp):
-    for t in numba.prange(parts.size - 1):
-        spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act,
-                      parts[t], parts[t + 1], y, yp)
+def spmm_fwd_w{width}(x, xps, by_rows, data, cols, seg, n_panels, rows_per_chunk, panel, bias, act, parts, y, flags):
+    wide_vectors()
+    n_it = xps.shape[0]
+    n_batch = x.shape[0]
+    n_bad = 0
+    for t in numba.prange(n_it):
+        xp = xps[t]
+        if by_rows:
+            for blk in range(xp.shape[0]):
+                r0 = blk * {width}
+                pack_block(x[r0:min(r0 + {width}, n_batch)], xp[blk])
+            f0 = n_batch * t // n_it
+            f1 = n_batch * (t + 1) // n_it
+            n_bad += nonfinite_rows(x[f0:f1], flags[f0:f1])
+            spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act,
+                          parts[t], parts[t + 1], y)
+        else:
+            for blk in range(t, (n_batch + {width} - 1) // {width}, n_it):
+                r0 = blk * {width}
+                r1 = min(r0 + {width}, n_batch)
+                pack_block(x[r0:r1], xp[0])
+                n_bad += nonfinite_rows(x[r0:r1], flags[r0:r1])
+                spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act,
+                              parts[0], parts[parts.size - 1], y[r0:r1])
+    return n_bad
 """
 
 
@@ -336,38 +322,59 @@ def _make_spmm(width: int, sets: int):
     env.update({f"_K{k}": np.uint64(k) for k in ks})
     # Compiled under this file's name so numba's on-disk cache can place it.
     exec(compile(src, __file__, "exec"), env, namespace)
-    serial = namespace[f"spmm_w{width}"]
-    par = namespace[f"spmm_par_w{width}"]
-    for f in (serial, par):
+    kernel = namespace[f"spmm_w{width}"]
+    fwd = namespace[f"spmm_fwd_w{width}"]
+    for f in (kernel, fwd):
         f.__module__ = __name__
         f.__qualname__ = f.__name__
-    serial_jit = jit(serial, fastmath=_NO_REASSOC)
-    # The parallel driver calls the serial kernel by name.
-    env[serial.__name__] = serial_jit
-    par.__globals__[serial.__name__] = serial_jit
-    return _SLPDispatcher(serial_jit), _SLPDispatcher(jit(par, parallel=True, fastmath=_NO_REASSOC))
+    kernel_jit = jit(kernel, fastmath=_NO_REASSOC)
+    # The drivers call the kernel by name.
+    env[kernel.__name__] = kernel_jit
+    fwd_serial, fwd_par = jit_variants(fwd, fastmath=_NO_REASSOC)
+    return _SLPDispatcher(kernel_jit), _SLPDispatcher(fwd_serial), _SLPDispatcher(fwd_par)
 
 
 # Names the generated source uses from this module's globals.
-_TEMPLATE_GLOBALS = (wide_vectors, _activate, _U1)
+_TEMPLATE_GLOBALS = (wide_vectors, _activate, _U1, pack_block, nonfinite_rows)
 
 _SPMM = {w: _make_spmm(w, _SETS[w]) for w in WIDTHS}
 
 
-def spmm_kernel(width: int, parallel: bool = False):
-    """The compiled SpMM for one batch-block width.
+def spmm_kernel(width: int):
+    """The compiled SpMM for one batch-block width, on one thread.
 
-    Serial: ``f(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, c0, c1, y, yp)``
-    computes the row chunks ``c0:c1``; parallel: the same with ``parts``
-    (chunk boundaries, one range per parallel iteration) for ``c0, c1``.
-
-    The weights are in the tiled layout of :func:`tile_csr` (``cols`` are
-    16-bit offsets within a panel of ``panel`` features), ``xp`` is the packed
-    input from :func:`pack` (shape ``(n_blocks, K, width)``). The result goes
-    to ``y`` (C-ordered (batch, out)) or, when ``yp`` is not empty, packed
-    into ``yp`` (shape ``(n_blocks, out, width)``) for a next layer.
+    ``f(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, c0, c1, y)``
+    computes the row chunks ``c0:c1``. The weights are in the tiled layout of
+    :func:`tile_csr` (``cols`` are 16-bit offsets within a panel of ``panel``
+    features), ``xp`` is the packed input (shape ``(n_blocks, K, width)``,
+    see :func:`pack_block`). The result goes transposed to ``y`` (C-ordered
+    (batch, out)).
     """
-    return _SPMM[width][1 if parallel else 0]
+    return _SPMM[width][0]
+
+
+def spmm_forward(width: int, parallel: bool = False):
+    """The compiled pack + SpMM driver for one batch-block width: one call per layer forward.
+
+    ``f(x, xps, by_rows, data, cols, seg, n_panels, rows_per_chunk, panel, bias, act, parts, y, flags)``
+    runs ``xps.shape[0]`` iterations (in parallel: one per thread), each with
+    its own packing buffer ``xps[t]``, so a thread only reads input it packed
+    itself (a block packed by another core cost up to 2x in the product that
+    read it, from cache lines moving between the cores' L2):
+
+    - ``by_rows=False``: iteration ``t`` takes the blocks of ``width`` input
+      rows ``t, t + n_it, ...``; for each, it packs it into ``xps[t][0]``
+      (shape ``(1, K, width)``), flags its non-finite rows and runs all row
+      chunks ``parts[0]:parts[-1]`` of the weights on it.
+    - ``by_rows=True`` (batches too small to split): every iteration packs
+      all of ``x`` into ``xps[t]`` (shape ``(n_blocks, K, width)``) and runs
+      the chunks ``parts[t]:parts[t + 1]``.
+
+    ``y`` is the C-ordered (batch, out) result, ``flags[b] = 1`` where row
+    ``b`` of ``x`` holds NaN or inf; returns the number of such rows. The
+    weights are as in :func:`spmm_kernel`.
+    """
+    return _SPMM[width][2 if parallel else 1]
 
 
 @jit(fastmath=False)

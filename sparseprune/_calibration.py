@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import scipy
 
-FORMAT = 4
+FORMAT = 5
 CAL_ROWS, CAL_COLS, CAL_DENSITY = 2048, 4096, 0.2
 BATCHES = (1, 8, 16, 32, 64, 256)
 #: Sparse is chosen only when predicted at least this much faster than dense,
@@ -45,15 +45,16 @@ BLAS_SETTLE_S = 0.2
 # on a 2-core AVX-512 Xeon with OpenBLAS, sparse costs then raised by 25% so
 # the defaults lean to dense BLAS. Used on CI and when calibration is off.
 _DEFAULT = {
-    "dense_per_mac": {"1": 7.1e-11, "8": 3.1e-10, "16": 3.7e-10, "32": 4.9e-10, "64": 6.3e-10, "256": 1.7e-9},
-    "sparse_per_nnz": {"1": 2.9e-10, "8": 5.6e-10, "16": 5.5e-10, "32": 6.9e-10, "64": 1.3e-9, "256": 5.1e-9},
-    # Packing X for the SpMM kernels, per input column: O(batch x n_in) whatever
-    # the nnz, so it decides small layers (e.g. a 10-output classifier head).
-    "pack_per_col": {"1": 4.6e-10, "8": 8.1e-9, "16": 7.5e-9, "32": 1.5e-8, "64": 3.0e-8, "256": 1.0e-7},
+    "dense_per_mac": {"1": 7.7e-11, "8": 3.4e-10, "16": 3.8e-10, "32": 5.4e-10, "64": 6.8e-10, "256": 1.8e-9},
+    "sparse_per_nnz": {"1": 3.2e-10, "8": 4.4e-10, "16": 4.9e-10, "32": 6.4e-10, "64": 1.03e-9, "256": 3.8e-9},
+    # The batched sparse path's cost that does not grow with nnz (packing X,
+    # the NaN/inf check, writing Y), per input column: it decides small layers
+    # (e.g. a 10-output classifier head).
+    "pack_per_col": {"1": 5.0e-10, "8": 1.1e-8, "16": 8.2e-9, "32": 2.0e-8, "64": 6.4e-8, "256": 1.7e-7},
 }
 # Seconds per call on each path for a tiny layer (not scaled with threads).
 # "sparse_batched" is the SpMM path (batch > 1: packing, more Python).
-_DEFAULT_OVERHEAD = {"dense": 3.0e-6, "sparse": 7.0e-6, "sparse_batched": 1.8e-5}
+_DEFAULT_OVERHEAD = {"dense": 3.4e-6, "sparse": 4.4e-6, "sparse_batched": 1.1e-5}
 
 _lock = threading.Lock()
 _tables: dict[str, dict] = {}
@@ -149,12 +150,37 @@ def _best(fn, reps: int, deadline: float) -> float:
     return best
 
 
+def _fixed_part(layer, X, n_threads: int):
+    """A call doing the batched sparse path's work that does not grow with nnz, for ``layer`` at ``X``.
+
+    The same kernel calls as ``layer(X, method="sparse")`` (same blocks,
+    threads and packing) on a weight matrix of the same shape with no
+    nonzeros: packing, the NaN/inf check, the empty row loop and the output.
+    """
+    import scipy.sparse as sp
+
+    from sparseprune.spmm import SparseLinear, _spmm_forward
+
+    empty = SparseLinear(sp.csr_array(layer.shape, dtype=layer.dtype))
+    steps = []
+    for b0, b1, width, n_it, n_blk, by_rows, _, parts, fn, parallel in layer._steps(X.shape[0], n_threads):
+        t = empty._tiled(width)
+        if by_rows:
+            parts = t.parts(n_it)
+            n_it = parts.size - 1
+        else:
+            parts = t.chunk_ptr_ends
+        steps.append((b0, b1, width, n_it, n_blk, by_rows, t, parts, fn, parallel))
+    steps = tuple(steps)
+    return lambda: _spmm_forward(X, steps, empty.bias, 0, layer.shape[0])
+
+
 def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: int = CAL_ROWS,
             cols: int = CAL_COLS) -> dict:
     """Run the micro-benchmark and return a fresh table (not cached)."""
     import scipy.sparse as sp
 
-    from sparseprune.spmm import SparseLinear, _pack_input
+    from sparseprune.spmm import SparseLinear
 
     rng = np.random.default_rng(0)
     W = sp.random_array((rows, cols), density=CAL_DENSITY, format="csr", dtype=np.float32, rng=rng)
@@ -181,7 +207,7 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
                 X = inputs[b]
                 fn = {
                     "sparse": lambda: layer(X, method="sparse"),
-                    "pack": (lambda: _pack_input(X, n_threads)) if b > 1 else (lambda: np.isfinite(X[0]).all()),
+                    "pack": _fixed_part(layer, X, n_threads) if b > 1 else (lambda: np.isfinite(X[0]).all()),
                     "dense": lambda: X @ dense_w.T,
                 }[name]
                 best[name][b] = min(best[name][b], _best(fn, reps, deadline))
@@ -191,8 +217,8 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
         if not math.isfinite(td + ts + tp):
             continue
         table["dense_per_mac"][str(b)] = td / (rows * cols)
-        # The layer time includes packing X; keep the two apart (at least a
-        # tenth of the time goes to the nonzeros, whatever noise says).
+        # The layer time includes packing X and writing Y; keep the two apart
+        # (at least a tenth of the time goes to the nonzeros, whatever noise says).
         table["pack_per_col"][str(b)] = max(min(tp, 0.9 * ts), 1e-12) / cols
         table["sparse_per_nnz"][str(b)] = max(ts - tp, 0.1 * ts) / max(1, W.nnz)
         measured.append(str(b))

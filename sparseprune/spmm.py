@@ -18,14 +18,15 @@ path is numpy's own product, so it also emits numpy's RuntimeWarnings
 
 Threads: the sparse kernels run on ``numba.get_num_threads()`` threads, the
 dense path on BLAS's; :func:`sparseprune.thread_limit` sets both at once. The
-parallel kernels are numba ``prange`` loops over nnz-balanced row ranges, on
-a thread-safe numba threading layer (TBB or OpenMP; OpenMP here), safe to
-enter from several Python threads at once (see :mod:`sparseprune._threading`;
-a launch costs a few microseconds, against 100-150 us for the Python thread
-pool used before). Products under ``SERIAL_WORK`` multiply-adds
-(``SERIAL_WORK_SPMV`` nonzeros at batch 1) stay on the calling thread;
-packing a large input (``PACK_PARALLEL`` values) uses all threads whatever
-the product's size.
+parallel kernels are numba ``prange`` loops, on a thread-safe numba threading
+layer (TBB or OpenMP; OpenMP here), safe to enter from several Python threads
+at once (see :mod:`sparseprune._threading`; a launch costs a few
+microseconds, against 100-150 us for the Python thread pool used before).
+A batch is split between the threads by blocks of 64 input rows, each thread
+packing and multiplying its own (see :func:`_forward_plan`); batches too
+small for that, and the batch-1 SpMV, split nnz-balanced ranges of weight
+rows. Products under ``SERIAL_WORK`` multiply-adds (``SERIAL_WORK_SPMV``
+nonzeros at batch 1) stay on the calling thread.
 
 A multi-threaded BLAS call leaves OpenBLAS's worker threads spinning for
 about 0.1 s; parallel sparse kernels run in that window were measured 2-3x
@@ -70,8 +71,6 @@ SERIAL_WORK_SPMV = 32_000
 #: Longer products, like a large matrix-vector product that needs both
 #: cores' memory bandwidth, keep all BLAS threads.
 SMALL_DENSE_S = 3e-4
-#: Inputs with at least this many elements are packed by all threads.
-PACK_PARALLEL = 1 << 16
 #: Output rows per chunk of the tiled SpMM layout (their partial sums, 128 x
 #: 64 lanes, stay in L1/L2 while the chunk's panels go by).
 ROWS_PER_CHUNK = 128
@@ -95,7 +94,7 @@ PAD_TO = 2
 SCRATCH_MAX_BYTES = 64 << 20
 #: Byte alignment of the packed input (one cache line).
 _ALIGN = 64
-#: nnz-balanced row ranges per thread, taken dynamically (see _run_rows).
+#: nnz-balanced row ranges per thread for the batch-1 SpMV.
 PARTS_PER_THREAD = 4
 
 
@@ -244,12 +243,17 @@ def _goes_parallel(nnz: int, batch: int, n_threads: int) -> bool:
 
 def _kernel_name(batch: int, nnz: int) -> str:
     n = numba.get_num_threads()
-    mode = f"{n} threads" if _goes_parallel(nnz, max(batch, 1), n) else "1 thread"
+    parallel = _goes_parallel(nnz, max(batch, 1), n)
     if batch <= 1:
-        return f"kernels.spmm.spmv ({mode})"
-    full, rest = divmod(batch, 64)
-    widths = ["64"] * (1 if full else 0) + ([str(_width_for(rest))] if rest else [])
-    return f"kernels.spmm.spmm width {'+'.join(widths)} ({mode})"
+        return f"kernels.spmm.spmv ({n if parallel else 1} thread{'s' if parallel and n > 1 else ''})"
+    steps = []
+    for b0, b1, width, n_it, by_rows in _forward_plan(batch, n, parallel):
+        n_blk = -(-(b1 - b0) // width)
+        if by_rows:
+            steps.append(f"rows {b0}:{b1} in {n_blk} block(s) of {width}, weight rows split over {n} threads")
+        else:
+            steps.append(f"rows {b0}:{b1} in {n_blk} block(s) of {width} over {n_it} thread(s)")
+    return "kernels.spmm.spmm_forward (" + "; ".join(steps) + ")"
 
 
 def _width_for(batch: int) -> int:
@@ -347,46 +351,6 @@ def _aligned_empty(shape: tuple, dtype) -> np.ndarray:
     return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
-class _Packed:
-    """A batch in the SpMM kernels' feature-major layout, plus its non-finite rows.
-
-    ``blocks`` holds ``(b0, b1, width, xp)``: rows ``b0:b1`` of the batch packed
-    as ``xp[block, feature, lane]``. A layer's packed output is the next
-    layer's packed input, so chained sparse layers skip the pack and the
-    transposed write.
-    """
-
-    __slots__ = ("blocks", "n_batch", "n_feat", "nonfinite", "slot")
-
-    def __init__(self, blocks: list, n_batch: int, n_feat: int, nonfinite: np.ndarray, slot: int) -> None:
-        self.slot = slot  # which of the thread's two scratch slots holds it
-        self.blocks = blocks
-        self.n_batch = n_batch
-        self.n_feat = n_feat
-        self.nonfinite = nonfinite
-
-    def unpack(self) -> np.ndarray:
-        """The (batch, features) C-ordered array."""
-        Y = np.empty((self.n_batch, self.n_feat), self.blocks[0][3].dtype if self.blocks else np.float32)
-        for b0, b1, width, xp in self.blocks:
-            for blk in range(xp.shape[0]):
-                lo = b0 + blk * width
-                hi = min(b1, lo + width)
-                Y[lo:hi] = xp[blk, :, :hi - lo].T
-        return Y
-
-
-def _block_layout(n_batch: int) -> list:
-    """``(b0, b1, width, n_blocks)``: full blocks of 64 rows, then the rest in the narrowest width that holds it."""
-    full = (n_batch // 64) * 64
-    out = []
-    for b0, b1 in ((0, full), (full, n_batch)):
-        if b1 > b0:
-            width = 64 if b0 == 0 and full else _width_for(b1 - b0)
-            out.append((b0, b1, width, (b1 - b0 + width - 1) // width))
-    return out
-
-
 _scratch = threading.local()
 
 
@@ -415,45 +379,11 @@ def _scratch_array(slot: int, shape: tuple, dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-def _new_blocks(n_batch: int, n_feat: int, dtype, slot: int) -> list:
-    blocks = []
-    for i, (b0, b1, width, n_blocks) in enumerate(_block_layout(n_batch)):
-        xp = _scratch_array(2 * slot + i, (n_blocks, n_feat, width), dtype)
-        pad = n_blocks * width - (b1 - b0)
-        if pad:
-            # Padding lanes are computed like the others (never stored): zeros
-            # keep them free of denormals and NaN.
-            xp[-1, :, width - pad:] = 0
-        blocks.append((b0, b1, width, xp))
-    return blocks
-
-
-def _pack_input(X: np.ndarray, n_threads: int) -> _Packed:
-    """Pack ``X`` (batch, K) for the SpMM kernels and flag its non-finite rows.
-
-    Packing costs O(batch x K) whatever the layer's nnz (about 0.5 ns per
-    value on one core), so a large input is packed by all threads even when
-    the product itself runs on one.
-    """
-    n_batch, n_in = X.shape
-    flags = np.empty(n_batch, np.int8)
-    blocks = _new_blocks(n_batch, n_in, X.dtype, slot=0)
-    for b0, b1, width, xp in blocks:
-        n_tiles = _k.pack_tiles(b1 - b0, width, n_in)
-        xb = X[b0:b1]
-        if xb.size >= PACK_PARALLEL and n_threads > 1 and n_tiles > 1:
-            bounds = np.linspace(0, n_tiles, min(n_tiles, PARTS_PER_THREAD * n_threads) + 1).astype(np.int64)
-            run_parallel(_k.pack_par, xb, xp, bounds, flags[b0:b1])
-        else:
-            _k.pack(xb, xp, 0, n_tiles)
-            _k.nonfinite_rows(xb, flags[b0:b1])
-    return _Packed(blocks, n_batch, n_in, flags, slot=0)
-
-
 class _Tiled:
     """Weights in the SpMM kernels' tiled layout (see ``kernels.spmm.tile_csr``)."""
 
-    __slots__ = ("data", "cols", "seg", "n_panels", "rows_per_chunk", "panel", "chunk_ptr", "_parts")
+    __slots__ = ("data", "cols", "seg", "n_panels", "rows_per_chunk", "panel", "chunk_ptr", "chunk_ptr_ends",
+                 "_parts")
 
     def __init__(self, data, cols, seg, n_rows: int, n_panels: int, rows_per_chunk: int, panel: int) -> None:
         self.data, self.cols, self.seg = data, cols, seg
@@ -464,6 +394,8 @@ class _Tiled:
         n_chunks = -(-n_rows // rows_per_chunk)
         starts = np.minimum(np.arange(n_chunks + 1) * (n_panels * rows_per_chunk), seg.size - 1)
         self.chunk_ptr = np.ascontiguousarray(seg[starts])
+        #: All chunks as one range, ``[0, n_chunks]``.
+        self.chunk_ptr_ends = np.array([0, n_chunks], np.int64)
         self._parts: dict[int, np.ndarray] = {}
 
     def parts(self, n: int) -> np.ndarray:
@@ -508,36 +440,83 @@ def _untiled(data, indices, indptr, n_in: int) -> _Tiled:
                   max(1, n_in))
 
 
-def _spmm(packed: _Packed, tiled, bias, act: int, n_out: int, n_threads: int, out_packed: bool):
-    """The SpMM kernels over every block of ``packed``: a (batch, out) array or, if ``out_packed``, a _Packed.
+#: Lanes per block of the fused forward's main kernel.
+_BLOCK = 64
 
-    ``tiled(width)`` gives the weights' tiled layout for the kernel of that width.
+
+def _forward_plan(n_batch: int, n_threads: int, parallel: bool) -> list:
+    """How :func:`_spmm_forward` splits a batch: ``(b0, b1, width, n_it, by_rows)`` per kernel call.
+
+    In parallel, whole rounds of ``n_threads`` blocks of 64 rows go one block
+    per thread (``by_rows=False``: each thread packs and multiplies its own
+    blocks); the blocks left over (fewer than the threads, or a batch of at
+    most 64) are split by weight rows instead (``by_rows=True``: every thread
+    packs them and takes an nnz-balanced range of rows). Measured at 4096 x
+    4096 on 2 threads: 64-row blocks per thread beat splitting rows by
+    10-12% (10-50% density, batch 256), and splitting rows beat narrower
+    blocks per thread (32 or 16 rows) by 4-25% at batch 16-64, except at 1%
+    density where both were within 20%.
+    Serially, full blocks of 64 and then the rest in the narrowest width that holds it.
     """
-    t = tiled(packed.blocks[0][2]) if packed.blocks else tiled(64)
-    dtype = t.data.dtype
-    nnz = int(t.seg[-1])
-    parallel = _goes_parallel(nnz, packed.n_batch, n_threads)
-    if out_packed:
-        out_blocks = _new_blocks(packed.n_batch, n_out, dtype, slot=1 - packed.slot)
-        Y = None
-    else:
-        Y = np.empty((packed.n_batch, n_out), dtype)
-    no_y = np.empty((0, 0), dtype)
-    no_yp = np.empty((0, 0, 0), dtype)
-    for i, (b0, b1, width, xp) in enumerate(packed.blocks):
-        y, yp = (no_y, out_blocks[i][3]) if out_packed else (Y[b0:b1], no_yp)
+    if n_batch == 0:
+        return []
+    if not parallel:
+        full = n_batch // _BLOCK * _BLOCK
+        plan = [(0, full, _BLOCK, 1, False)] if full else []
+        if full < n_batch:
+            plan.append((full, n_batch, _width_for(n_batch - full), 1, False))
+        return plan
+    n_blocks = -(-n_batch // _BLOCK)
+    by_blocks = min(n_batch, n_blocks // n_threads * n_threads * _BLOCK)
+    plan = [(0, by_blocks, _BLOCK, n_threads, False)] if by_blocks else []
+    if by_blocks < n_batch:
+        rest = n_batch - by_blocks
+        plan.append((by_blocks, n_batch, _width_for(min(rest, _BLOCK)), n_threads, True))
+    return plan
+
+
+def _forward_steps(n_batch: int, n_threads: int, tiled, nnz: int) -> tuple:
+    """The kernel calls of :func:`_spmm_forward` for a batch (see :func:`_forward_plan`).
+
+    ``tiled(width)`` gives the weights' tiled layout for the kernel of that
+    width. A prepared layer keeps the result per batch size and thread count.
+    """
+    parallel = _goes_parallel(nnz, n_batch, n_threads)
+    steps = []
+    for b0, b1, width, n_it, by_rows in _forward_plan(n_batch, n_threads, parallel):
         t = tiled(width)
-        args = (t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, xp, bias, act)
-        if parallel:
-            run_parallel(_k.spmm_kernel(width, parallel=True), *args, t.parts(PARTS_PER_THREAD * n_threads), y, yp)
+        if by_rows:
+            parts = t.parts(n_it)
+            n_it, n_blk = parts.size - 1, -(-(b1 - b0) // width)
         else:
-            _k.spmm_kernel(width)(*args, 0, t.chunk_ptr.size - 1, y, yp)
-    if out_packed:
-        flags = np.zeros(packed.n_batch, np.int8)
-        for b0, b1, _, yp in out_blocks:
-            _k.packed_nonfinite(yp, flags[b0:b1])
-        return _Packed(out_blocks, packed.n_batch, n_out, flags, 1 - packed.slot)
-    return Y
+            parts, n_blk = t.chunk_ptr_ends, 1
+        steps.append((b0, b1, width, n_it, n_blk, by_rows, t, parts, _k.spmm_forward(width, parallel), parallel))
+    return tuple(steps)
+
+
+def _spmm_forward(X: np.ndarray, steps: tuple, bias, act: int, n_out: int):
+    """``(Y, flags, n_bad)``: ``act(X @ W.T + bias)``, X's non-finite rows and their number.
+
+    Packing, the NaN/inf check and the product run in one compiled call per
+    step, each thread packing into its own buffer (see
+    :func:`sparseprune.kernels.spmm.spmm_forward`): no thread reads input
+    another core packed.
+    """
+    n_batch, n_in = X.shape
+    dtype = X.dtype
+    Y = np.empty((n_batch, n_out), dtype)
+    flags = np.empty(n_batch, np.int8)
+    n_bad = 0
+    for i, (b0, b1, width, n_it, n_blk, by_rows, t, parts, fn, parallel) in enumerate(steps):
+        x = X[b0:b1]
+        xps = _scratch_array(4 + i, (n_it, n_blk, n_in, width), dtype)
+        # Every argument but x is made here, with fixed types: x alone decides the compiled variant.
+        f = x.flags
+        key = (x.dtype.num, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned)
+        args = (key, x, xps, by_rows, t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel,
+                bias, act, parts, Y[b0:b1], flags[b0:b1])
+        n_bad += run_parallel(fn.keyed, *args) if parallel else fn.keyed(*args)
+    return Y, flags, n_bad
 
 
 def _spmv(X, data, indices, indptr, bias, act, row_starts_for, n_threads):
@@ -550,26 +529,28 @@ def _spmv(X, data, indices, indptr, bias, act, row_starts_for, n_threads):
 
 
 def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, tiled,
-                    spmv_cols=None) -> np.ndarray:
+                    spmv_cols=None, steps_for=None, n_threads: int | None = None) -> np.ndarray:
     """``act(X @ W.T + bias)`` on the sparse kernels; ``tiled(width)`` gives W for the SpMM.
 
     ``spmv_cols`` are the column indices the SpMV reads (a uint16 copy of
-    ``indices`` where it fits: 6 bytes per nonzero instead of 8).
+    ``indices`` where it fits: 6 bytes per nonzero instead of 8);
+    ``steps_for(batch, n_threads)``, if given, the cached :func:`_forward_steps`.
     """
     n_batch, n_in = X.shape
     if n_batch == 0 or n_out == 0:
         return np.empty((n_batch, n_out), dtype=data.dtype)
-    n_threads = numba.get_num_threads()
+    if n_threads is None:
+        n_threads = numba.get_num_threads()
     if n_batch == 1:
         cols = indices if spmv_cols is None else spmv_cols
         Y, bad = _spmv(X, data, cols, indptr, bias, act, row_starts_for, n_threads)
         if bad:
             _propagate_nonfinite(X, np.zeros(1, np.int64), data, indices, indptr, bias, act, Y)
         return Y
-    packed = _pack_input(X, n_threads)
-    flags = packed.nonfinite
-    Y = _spmm(packed, tiled, bias, act, n_out, n_threads, out_packed=False)
-    if flags.any():
+    steps = (steps_for(n_batch, n_threads) if steps_for
+             else _forward_steps(n_batch, n_threads, tiled, int(indptr[-1])))
+    Y, flags, n_bad = _spmm_forward(X, steps, bias, act, n_out)
+    if n_bad:
         _propagate_nonfinite(X, np.flatnonzero(flags), data, indices, indptr, bias, act, Y)
     return Y
 
@@ -610,9 +591,8 @@ class SparseLinear:
     dense BLAS or the sparse kernel from the calibration; when dense wins, a
     dense copy of ``W`` is made once and kept (``out * in`` values of memory).
 
-    Wraps :func:`sparseprune.kernels.spmm.spmm_kernel` (batches),
-    :func:`sparseprune.kernels.spmm.spmv` (batch 1) and
-    :func:`sparseprune.kernels.spmm.pack`.
+    Wraps :func:`sparseprune.kernels.spmm.spmm_forward` (batches) and
+    :func:`sparseprune.kernels.spmm.spmv` (batch 1).
 
     Parameters
     ----------
@@ -657,7 +637,8 @@ class SparseLinear:
                            else self._indices)
         self._row_starts: dict[int, np.ndarray] = {}
         self._decisions: dict[tuple, Decision] = {}
-        #: Path of the latest call ("dense" or "sparse"), for callers chaining layers.
+        self._step_cache: dict[tuple, tuple] = {}
+        #: Path of the latest call ("dense" or "sparse").
         self.last_path: str | None = None
         self._lock = threading.Lock()
 
@@ -700,8 +681,21 @@ class SparseLinear:
                     self._tiled_w[panel] = t
         return t
 
-    def _decision(self, batch: int, method: str) -> Decision:
-        key = (batch, method, numba.get_num_threads(), _cal.generation)
+    def _steps(self, batch: int, n_threads: int) -> tuple:
+        """The SpMM kernel calls for ``batch`` rows on ``n_threads`` (see ``_forward_steps``), cached."""
+        key = (batch, n_threads)
+        s = self._step_cache.get(key)
+        if s is None:
+            s = _forward_steps(batch, n_threads, self._tiled, self.nnz)
+            if len(self._step_cache) > 64:
+                self._step_cache.clear()
+            self._step_cache[key] = s
+        return s
+
+    def _decision(self, batch: int, method: str, n_threads: int | None = None) -> Decision:
+        if n_threads is None:
+            n_threads = numba.get_num_threads()
+        key = (batch, method, n_threads, _cal.generation)
         d = self._decisions.get(key)
         if d is None:
             # A decision depends only on this key (the weights are fixed): small
@@ -726,13 +720,14 @@ class SparseLinear:
         thread, so BLAS's idle workers do not spin against those kernels.
         """
         X = _check_input(X, self.shape[1], self.dtype)
-        d = self._decision(X.shape[0], method)
+        n_threads = numba.get_num_threads()
+        d = self._decision(X.shape[0], method, n_threads)
         self.last_path = d.path
         if d.path == "dense":
             one_thread = among_sparse and d.predicted_dense_s < SMALL_DENSE_S
             return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, one_thread)
         return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
-                               self.shape[0], self._parts, self._tiled, self._spmv_cols)
+                               self.shape[0], self._parts, self._tiled, self._spmv_cols, self._steps, n_threads)
 
     forward = __call__
 
@@ -740,26 +735,6 @@ class SparseLinear:
         """Whether a call at ``batch`` takes the sparse path on more than one thread."""
         # The cheap test first: this runs for every layer of every MLP forward pass.
         return _goes_parallel(self.nnz, batch, n_threads) and self._decision(batch, "auto").path == "sparse"
-
-    def _forward_chained(self, inp, out_packed: bool):
-        """The sparse path for a layer inside a chain of sparse layers (batch >= 2).
-
-        ``inp`` is a (batch, in) array or the previous layer's packed output
-        (``_Packed``). With ``out_packed`` the result stays packed for the
-        next layer, skipping this layer's transposed write and the next
-        one's pack; otherwise it is the (batch, out) array. Rows holding
-        NaN or inf take the exact path (:meth:`__call__`) and give an array.
-        """
-        n_threads = numba.get_num_threads()
-        if isinstance(inp, _Packed):
-            packed = inp
-        else:
-            packed = _pack_input(_check_input(inp, self.shape[1], self.dtype), n_threads)
-        self.last_path = "sparse"
-        if packed.nonfinite.any():
-            X = packed.unpack() if isinstance(inp, _Packed) else inp
-            return self(X, method="sparse")
-        return _spmm(packed, self._tiled, self.bias, self._act, self.shape[0], n_threads, out_packed)
 
     def __repr__(self) -> str:
         return (f"SparseLinear(shape={self.shape}, dtype={self.dtype}, nnz={self.nnz}, "
@@ -778,9 +753,8 @@ def _batch_of(X) -> int:
 def linear(X, W, bias=None, activation=None, *, method: str = "auto") -> np.ndarray:
     """Compute ``act(X @ W.T + bias)`` with dense BLAS or the sparse kernel, whichever is faster here.
 
-    Wraps :func:`sparseprune.kernels.spmm.spmm_kernel` (batch >= 2),
-    :func:`sparseprune.kernels.spmm.spmv` (batch 1) and
-    :func:`sparseprune.kernels.spmm.pack`, or ``numpy.matmul``.
+    Wraps :func:`sparseprune.kernels.spmm.spmm_forward` (batch >= 2),
+    :func:`sparseprune.kernels.spmm.spmv` (batch 1), or ``numpy.matmul``.
 
     Parameters
     ----------

@@ -370,10 +370,9 @@ def test_weight_norm_criterion_on_sparse_layers_removes_the_weakest(model, digit
 
 
 @pytest.mark.parametrize("n", [1, 2, 37, 200])
-def test_pruned_forward_through_chained_sparse_layers(model, digits, n):
-    # A cheap-sparse table sends every pruned layer to the sparse kernels, so
-    # consecutive layers hand over packed activations; the result must equal
-    # the plain numpy forward pass.
+def test_pruned_forward_through_consecutive_sparse_layers(model, digits, n):
+    # A cheap-sparse table sends every pruned layer to the sparse kernels, one
+    # after the other; the result must equal the plain numpy forward pass.
     import sparseprune
     from sparseprune import _calibration as cal
 

@@ -81,23 +81,92 @@ def test_matches_dense_reference(batch, n_in, n_out, density, dtype, activation,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("batch", [1, 5, 16, 40, 64, 150])
+@pytest.mark.parametrize("batch", [1, 5, 16, 40, 64, 100, 150, 200, 300])
 def test_parallel_sizes_every_width(dtype, batch, monkeypatch):
-    # Every call on the thread pool; batches cover each block width and remainders.
+    # Every call on the threads; batches cover each block width, blocks per
+    # thread, leftover blocks split by rows, and partial last blocks.
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
-    monkeypatch.setattr(spmm_mod, "PACK_PARALLEL", 0)
     rng = np.random.default_rng(batch)
     W = random_csr(rng, 301, 257, 0.4, dtype)
     X = rng.standard_normal((batch, 257)).astype(dtype)
     b = rng.standard_normal(301).astype(dtype)
     layer = sparseprune.SparseLinear(W, b, "relu")
     expected = ref_linear(X, W.toarray(), b, "relu")
-    for Y in (layer(X, method="sparse"), sparseprune.linear(X, W, b, "relu", method="sparse")):
+    outputs = [layer(X, method="sparse"), sparseprune.linear(X, W, b, "relu", method="sparse")]
+    if batch in (5, 150):  # other input layouts compile their own variants: two sizes suffice
+        Xr = X.copy()
+        Xr.setflags(write=False)
+        outputs += [layer(np.asfortranarray(X), method="sparse"), layer(Xr, method="sparse")]
+    for Y in outputs:
         np.testing.assert_allclose(Y, expected, rtol=tol(dtype, 257), atol=tol(dtype, 257))
     with sparseprune.thread_limit(1):
         np.testing.assert_allclose(layer(X, method="sparse"), expected, rtol=tol(dtype, 257),
                                    atol=tol(dtype, 257))
+
+
+@pytest.mark.parametrize("n_batch, n_threads, parallel, expected", [
+    (256, 2, True, [(0, 256, 64, 2, False)]),
+    (100, 2, True, [(0, 100, 64, 2, False)]),  # the second thread's block is partial
+    (192, 2, True, [(0, 128, 64, 2, False), (128, 192, 64, 2, True)]),
+    (300, 2, True, [(0, 256, 64, 2, False), (256, 300, 64, 2, True)]),
+    (64, 2, True, [(0, 64, 64, 2, True)]),
+    (16, 2, True, [(0, 16, 16, 2, True)]),
+    (5, 2, True, [(0, 5, 8, 2, True)]),
+    (200, 3, True, [(0, 192, 64, 3, False), (192, 200, 8, 3, True)]),
+    (80, 2, False, [(0, 64, 64, 1, False), (64, 80, 16, 1, False)]),
+    (40, 2, False, [(0, 40, 64, 1, False)]),
+    (0, 2, True, []),
+])
+def test_forward_plan_splits_batches(n_batch, n_threads, parallel, expected):
+    plan = spmm_mod._forward_plan(n_batch, n_threads, parallel)
+    assert plan == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 64),
+    n_feat=st.integers(0, 70),
+    width=st.sampled_from([8, 16, 32, 64]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    layout=st.sampled_from(["C", "F", "strided"]),
+    seed=st.integers(0, 2**16),
+)
+def test_pack_block_matches_numpy_transpose(n, n_feat, width, dtype, layout, seed):
+    from sparseprune.kernels import spmm as K
+
+    n = min(n, width)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 2 * n_feat)).astype(dtype)
+    x = x[:, ::2] if layout == "strided" else np.asarray(x[:, :n_feat], order=layout)
+    before = x.copy()
+    xp = np.full((n_feat, width), np.nan, dtype)  # stale contents must not survive in the padding
+    K.pack_block(x, xp)
+    expected = np.zeros((n_feat, width), dtype)
+    expected[:, :n] = x.T
+    np.testing.assert_array_equal(xp, expected)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("src_order, dst_order", [("C", "C"), ("C", "F"), ("F", "C"), ("F", "F")])
+def test_transpose_tile_any_layout(dtype, src_order, dst_order):
+    import numba
+
+    from sparseprune.kernels._jit import transpose_tile
+
+    @numba.njit
+    def tile(s, r0, c0, d, r1, c1):
+        transpose_tile(s, r0, c0, d, r1, c1)
+
+    T = 16 if dtype == np.float32 else 8  # one 512-bit vector
+    rng = np.random.default_rng(0)
+    s = np.asarray(rng.standard_normal((40, 50)), dtype=dtype, order=src_order)
+    d = np.zeros((45, 47), dtype, order=dst_order)
+    tile(s, 3, 5, d, 7, 11)
+    expected = np.zeros((45, 47), dtype)
+    expected[7:7 + T, 11:11 + T] = s[3:3 + T, 5:5 + T].T
+    np.testing.assert_array_equal(d, expected)
 
 
 def test_skewed_rows_balanced_partition():
@@ -175,11 +244,12 @@ def test_prepared_layer_snapshots_weights():
 
 # ---------------------------------------------------------------- NaN / inf
 @pytest.mark.parametrize("method", ["sparse", "auto"])
-@pytest.mark.parametrize("batch", [1, 20, 70])
-@pytest.mark.parametrize("threaded_pack", [False, True])
-def test_nonfinite_inputs_propagate_like_dense(method, batch, threaded_pack, monkeypatch):
-    if threaded_pack:  # flags from tiles packed by different threads must all arrive
-        monkeypatch.setattr(spmm_mod, "PACK_PARALLEL", 0)
+@pytest.mark.parametrize("batch", [1, 20, 70, 150])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_nonfinite_inputs_propagate_like_dense(method, batch, parallel, monkeypatch):
+    if parallel:  # flags from blocks and rows checked by different threads must all arrive
+        monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
+        monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
     rng = np.random.default_rng(4)
     W = random_csr(rng, 40, 30, 0.3)
     W.data[:5] = 0.0  # explicit stored zeros: 0 * inf is NaN in the dense product too
@@ -191,6 +261,8 @@ def test_nonfinite_inputs_propagate_like_dense(method, batch, threaded_pack, mon
         X[2, 9] = np.inf
     if batch > 64:
         X[66, 29] = np.nan  # in the second batch block
+    if batch > 128:
+        X[140, 0] = -np.inf  # in the block split by weight rows
     with np.errstate(invalid="ignore"):
         dense = X @ W.toarray().T  # BLAS: the behaviour users know
     Y = sparseprune.linear(X, W, method=method)
@@ -344,7 +416,6 @@ def test_interpolation_between_batches():
 def test_eight_python_threads_same_results(monkeypatch):
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)  # every call launches parallel kernels
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
-    monkeypatch.setattr(spmm_mod, "PACK_PARALLEL", 0)
     rng = np.random.default_rng(6)
     W = random_csr(rng, 400, 300, 0.3)
     layer = sparseprune.SparseLinear(W, rng.standard_normal(400).astype(np.float32), "relu")
@@ -440,7 +511,7 @@ def test_prepared_layer_dense_fallback_matches_reference():
                                    rtol=1e-4, atol=1e-4)
 
 
-# ---------------------------------------------------------------- tiled layout and chained layers
+# ---------------------------------------------------------------- tiled layout
 @settings(max_examples=40, deadline=None)
 @given(
     n_out=st.integers(1, 30),
@@ -492,54 +563,6 @@ def test_tiled_layout_matches_reference(n_out, n_in, density, rows_per_chunk, mi
     np.testing.assert_allclose(Y, ref_linear(X, Wd, b, activation), rtol=tol(dtype, n_in), atol=tol(dtype, n_in))
 
 
-def test_chained_layers_keep_activations_packed():
-    rng = np.random.default_rng(8)
-    sizes = [37, 50, 45, 12]
-    Ws = [random_csr(rng, o, i, 0.3) for i, o in zip(sizes, sizes[1:])]
-    bs = [rng.standard_normal(o).astype(np.float32) for o in sizes[1:]]
-    acts = ["relu", "tanh", None]
-    layers = [sparseprune.SparseLinear(W, b, a) for W, b, a in zip(Ws, bs, acts)]
-    X = rng.standard_normal((70, sizes[0])).astype(np.float32)
-    X[3, 2] = np.nan  # a NaN row must come out all-NaN, as in the dense chain
-    H = X
-    for k, layer in enumerate(layers):
-        H = layer._forward_chained(H, out_packed=k < len(layers) - 1)
-    ref = X
-    for W, b, a in zip(Ws, bs, acts):
-        with np.errstate(invalid="ignore"):
-            ref = ref_linear(ref, W.toarray(), b, a)
-    assert isinstance(H, np.ndarray) and H.shape == (70, 12)
-    np.testing.assert_array_equal(np.isnan(H), np.isnan(ref))
-    ok = ~np.isnan(ref)
-    np.testing.assert_allclose(H[ok], ref[ok], rtol=1e-4, atol=1e-4)
-    # Packed hand-over, unpacked at the end, equals the layer-by-layer result.
-    Xf = np.nan_to_num(X)
-    P = layers[0]._forward_chained(Xf, out_packed=True)
-    assert isinstance(P, spmm_mod._Packed) and not P.nonfinite.any()
-    np.testing.assert_allclose(P.unpack(), layers[0](Xf, method="sparse"), rtol=1e-6, atol=1e-6)
-
-
-def test_packed_output_flags_overflow_to_inf():
-    # Finite inputs, weights large enough that float32 overflows: the packed
-    # hand-over must notice, so the next layer gives dense's NaN/inf pattern.
-    rng = np.random.default_rng(9)
-    W1 = sp.csr_array(np.full((4, 6), 1e38, np.float32))
-    W2 = random_csr(rng, 5, 4, 0.5)
-    W2.data[0] = 0.0
-    l1, l2 = sparseprune.SparseLinear(W1), sparseprune.SparseLinear(W2)
-    X = np.ones((9, 6), np.float32)
-    X[4] = -1.0
-    with np.errstate(over="ignore"):
-        P = l1._forward_chained(X, out_packed=True)
-        H1 = (X.astype(np.float32) @ W1.toarray().T)
-    assert list(np.flatnonzero(P.nonfinite)) == list(range(9))
-    Y = l2._forward_chained(P, out_packed=False)
-    with np.errstate(invalid="ignore"):
-        dense = H1 @ W2.toarray().T
-    np.testing.assert_array_equal(np.isnan(Y), np.isnan(dense))
-    np.testing.assert_array_equal(Y[np.isinf(dense)], dense[np.isinf(dense)])
-
-
 def test_wide_vector_kernels_match_plain_loops():
     # The 512-bit attribute must not change results: same kernel, default
     # width (here: a plain numba function without the hook) as reference.
@@ -550,10 +573,11 @@ def test_wide_vector_kernels_match_plain_loops():
     X = rng.standard_normal((64, 200)).astype(np.float32)
     layer = sparseprune.SparseLinear(W)
     t = layer._tiled()
-    P = spmm_mod._pack_input(X, 1)
+    xp = spmm_mod._aligned_empty((1, 200, 64), np.float32)
+    K.pack_block(X, xp[0])
     y = np.empty((64, 300), np.float32)
-    K.spmm_kernel(64)(t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, P.blocks[0][3],
-                      layer.bias, 0, 0, t.chunk_ptr.size - 1, y, np.empty((0, 0, 0), np.float32))
+    K.spmm_kernel(64)(t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, xp,
+                      layer.bias, 0, 0, t.chunk_ptr.size - 1, y)
     np.testing.assert_allclose(y, (W @ X.T).T, rtol=1e-5, atol=1e-5)
 
 
@@ -574,7 +598,7 @@ def test_packed_buffers_are_reused_per_thread_but_not_when_huge(monkeypatch):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_relu_of_minus_inf_is_zero_like_np_maximum(batch):
     # -inf (from an infinite input or from overflow) must give 0 after relu, as
-    # np.maximum does, not NaN; chained layers must then carry on from the 0.
+    # np.maximum does, not NaN; the next layer must then carry on from the 0.
     W1 = sp.csr_array(np.array([[1e38, 1e38, 0], [0, 0, 1]], np.float32))
     W2 = sp.csr_array(np.array([[1, 1]], np.float32))
     X = np.tile(np.array([-10, -10, 1], np.float32), (batch, 1))
@@ -585,9 +609,6 @@ def test_relu_of_minus_inf_is_zero_like_np_maximum(batch):
         h = l1(X, method="sparse")
         np.testing.assert_array_equal(h, np.maximum(X @ W1.toarray().T, 0))
         np.testing.assert_array_equal(l2(h, method="sparse"), dense)
-        if batch > 1:
-            P = l1._forward_chained(X, out_packed=True)
-            np.testing.assert_array_equal(l2._forward_chained(P, out_packed=False), dense)
     Xi = np.array([[-np.inf, 1.0, 1.0]], np.float32).repeat(batch, 0)
     with np.errstate(invalid="ignore"):
         ref = np.maximum(Xi @ W1.toarray().T, 0)
