@@ -119,7 +119,11 @@ def transpose_tile(typingctx, src, r0, c0, dst, r1, c1):
     if not ok:
         return None
     T = _tile_size(src.dtype)
-    align = src.dtype.bitwidth // 8
+    item = src.dtype.bitwidth // 8
+    # numba types arrays that may start off their element alignment apart;
+    # promise LLVM no more than the array's type guarantees.
+    src_align = item if src.aligned else 1
+    dst_align = item if dst.aligned else 1
 
     def codegen(context, builder, sig, args):
         from llvmlite import ir
@@ -151,11 +155,11 @@ def transpose_tile(typingctx, src, r0, c0, dst, r1, c1):
         for j in range(T):
             if sty.layout == "C":
                 p = pointer(sty, s, offset(r0_i, j), c0_i)
-                rows.append(builder.load(builder.bitcast(p, vty.as_pointer()), align=align))
+                rows.append(builder.load(builder.bitcast(p, vty.as_pointer()), align=src_align))
             else:
                 v = ir.Constant(vty, ir.Undefined)
                 for i in range(T):
-                    e = builder.load(pointer(sty, s, offset(r0_i, j), offset(c0_i, i)), align=align)
+                    e = builder.load(pointer(sty, s, offset(r0_i, j), offset(c0_i, i)), align=src_align)
                     v = builder.insert_element(v, e, ir.Constant(ir.IntType(32), i))
                 rows.append(v)
         bit = 1
@@ -176,11 +180,11 @@ def transpose_tile(typingctx, src, r0, c0, dst, r1, c1):
         for i in range(T):
             if dty.layout == "C":
                 p = pointer(dty, d, offset(r1_i, i), c1_i)
-                builder.store(rows[i], builder.bitcast(p, vty.as_pointer()), align=align)
+                builder.store(rows[i], builder.bitcast(p, vty.as_pointer()), align=dst_align)
             else:
                 for j in range(T):
                     e = builder.extract_element(rows[i], ir.Constant(ir.IntType(32), j))
-                    builder.store(e, pointer(dty, d, offset(r1_i, i), offset(c1_i, j)), align=align)
+                    builder.store(e, pointer(dty, d, offset(r1_i, i), offset(c1_i, j)), align=dst_align)
         return context.get_dummy_value()
 
     return _types.void(src, r0, c0, dst, r1, c1), codegen

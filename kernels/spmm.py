@@ -364,8 +364,8 @@ def spmm_forward(width: int, parallel: bool = False):
 
     - ``by_rows=False``: iteration ``t`` takes the blocks of ``width`` input
       rows ``t, t + n_it, ...``; for each, it packs it into ``xps[t][0]``
-      (shape ``(1, K, width)``), flags its non-finite rows and runs all row
-      chunks ``parts[0]:parts[-1]`` of the weights on it.
+      (``xps[t]`` has shape ``(1, K, width)``), flags its non-finite rows and
+      runs all row chunks ``parts[0]:parts[-1]`` of the weights on it.
     - ``by_rows=True`` (batches too small to split): every iteration packs
       all of ``x`` into ``xps[t]`` (shape ``(n_blocks, K, width)``) and runs
       the chunks ``parts[t]:parts[t + 1]``.

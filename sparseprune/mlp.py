@@ -1030,7 +1030,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Each layer runs through :func:`sparseprune.linear` (dense layers: BLAS)
         or a cached :class:`sparseprune.SparseLinear` (CSR layers), i.e. the
-        kernels ``sparseprune.kernels.spmm.spmm_kernel`` / ``spmv`` when the
+        kernels ``sparseprune.kernels.spmm.spmm_forward`` / ``spmv`` when the
         dispatcher picks the sparse path.
         """
         X = self._check_X(X)

@@ -46,7 +46,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparseprune import _calibration as _cal
-from sparseprune._threading import run_parallel, single_thread_blas, thread_limit
+from sparseprune._threading import _num_threads_now, run_parallel, single_thread_blas, thread_limit
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
 from sparseprune.kernels import spmm as _k
 
@@ -510,9 +510,12 @@ def _spmm_forward(X: np.ndarray, steps: tuple, bias, act: int, n_out: int):
     for i, (b0, b1, width, n_it, n_blk, by_rows, t, parts, fn, parallel) in enumerate(steps):
         x = X[b0:b1]
         xps = _scratch_array(4 + i, (n_it, n_blk, n_in, width), dtype)
-        # Every argument but x is made here, with fixed types: x alone decides the compiled variant.
-        f = x.flags
-        key = (x.dtype.num, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned)
+        # The arguments whose numba type can vary between calls: x, and (on the
+        # one-off linear() path) the caller's weights and bias, read-only or
+        # unaligned ones included. The rest are made here with fixed types.
+        f, fd, fb = x.flags, t.data.flags, bias.flags
+        key = (x.dtype.num, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned,
+               fd.writeable, fd.aligned, fb.writeable, fb.aligned)
         args = (key, x, xps, by_rows, t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel,
                 bias, act, parts, Y[b0:b1], flags[b0:b1])
         n_bad += run_parallel(fn.keyed, *args) if parallel else fn.keyed(*args)
@@ -719,8 +722,12 @@ class SparseLinear:
         dense fallback (predicted under ``SMALL_DENSE_S``) then runs BLAS on one
         thread, so BLAS's idle workers do not spin against those kernels.
         """
-        X = _check_input(X, self.shape[1], self.dtype)
-        n_threads = numba.get_num_threads()
+        if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype == self.dtype and X.shape[1] == self.shape[1]
+                and (X.flags.c_contiguous or X.flags.f_contiguous)):
+            # The common case above needs none of the checks (kept off the per-call path: see
+            # _threading._num_threads_now for what a few microseconds there cost a BLAS call).
+            X = _check_input(X, self.shape[1], self.dtype)
+        n_threads = _num_threads_now()
         d = self._decision(X.shape[0], method, n_threads)
         self.last_path = d.path
         if d.path == "dense":

@@ -620,3 +620,31 @@ def test_layer_keeps_its_own_bias_copy():
     layer = sparseprune.SparseLinear(sp.csr_array(np.eye(3, dtype=np.float32)), b)
     b[:] = 5
     np.testing.assert_array_equal(layer(np.zeros((2, 3), np.float32), method="sparse"), np.ones((2, 3)))
+
+
+def test_kernel_variant_key_sets_apart_read_only_weights_and_bias():
+    # The fused kernel's call key must change when the caller's weights or
+    # bias are read-only (numba types them apart): otherwise such a call would
+    # compile a variant without the SLP vectoriser (slow, and cached on disk).
+    from sparseprune.kernels import spmm as K
+
+    rng = np.random.default_rng(11)
+    W = random_csr(rng, 50, 40, 0.3)
+    X = rng.standard_normal((64, 40)).astype(np.float32)
+    b = rng.standard_normal(50).astype(np.float32)
+    fn = K.spmm_forward(64, parallel=False)
+    expected = ref_linear(X, W.toarray(), b)
+    with sparseprune.thread_limit(1):
+        np.testing.assert_allclose(sparseprune.linear(X, W, b, method="sparse"), expected, rtol=1e-4, atol=1e-4)
+        seen = len(fn._seen)
+        b_ro = b.copy()
+        b_ro.setflags(write=False)
+        np.testing.assert_allclose(sparseprune.linear(X, W, b_ro, method="sparse"), expected, rtol=1e-4,
+                                   atol=1e-4)
+        assert len(fn._seen) == seen + 1
+        data = W.data.copy()
+        data.setflags(write=False)
+        W_ro = sp.csr_array((data, W.indices, W.indptr), shape=W.shape)
+        np.testing.assert_allclose(sparseprune.linear(X, W_ro, b, method="sparse"), expected, rtol=1e-4,
+                                   atol=1e-4)
+        assert len(fn._seen) == seen + 2
