@@ -164,7 +164,7 @@ def _fixed_part(layer, X, n_threads: int):
     empty = SparseLinear(sp.csr_array(layer.shape, dtype=layer.dtype))
     steps = []
     for b0, b1, width, n_it, n_blk, by_rows, _, parts, fn, parallel in layer._steps(X.shape[0], n_threads):
-        t = empty._tiled(width)
+        t = empty._tiled(width, not by_rows)
         if by_rows:
             parts = t.parts(n_it)
             n_it = parts.size - 1

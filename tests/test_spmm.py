@@ -535,6 +535,7 @@ def test_tiled_layout_matches_reference(n_out, n_in, density, rows_per_chunk, mi
     X = rng.standard_normal((batch, n_in)).astype(dtype)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(spmm_mod, "ROWS_PER_CHUNK", rows_per_chunk)
+        mp.setattr(spmm_mod, "BLOCK_ROWS_PER_CHUNK", rows_per_chunk + 3)
         mp.setattr(spmm_mod, "MIN_PANEL", min_panel)
         mp.setattr(spmm_mod, "PANEL_NNZ", 1)
         mp.setattr(spmm_mod, "PAD_TO", pad_to)
