@@ -37,9 +37,9 @@ Batched SpMM (:func:`spmm_forward`, :func:`spmm_kernel`)
     vector registers by LLVM's SLP vectoriser; ``sets`` independent sets of
     them take alternate nonzeros, so the FMA latency does not bound narrow
     blocks. Finished rows get bias and activation and are written once,
-    transposed into ``y`` (batch, out): in :func:`transpose_tile` tiles when
-    the block and the chunk are full (3% faster than element by element at
-    10% density, batch 256; 14% at 1%), element by element otherwise.
+    transposed into ``y`` (batch, out): in :func:`transpose_tile` tiles (3%
+    faster than element by element at 10% density, batch 256; 14% at 1%),
+    the rows and lanes that do not fill a tile element by element.
 
 Vector width
     LLVM compiles numba code for 256-bit vectors even on AVX-512 CPUs (the
@@ -52,7 +52,8 @@ Vector width
     zmm load is one cache line.
 
 Where the batched kernel's time goes (4096 x 4096, 10% density, batch 256, one core)
-    About 1.8 ns per nonzero per 64 lanes, against 0.9-1.0 ns for the same inner
+    About 1.8 ns per nonzero per 64 lanes (1.6-1.7 ns since the per-thread packing
+    and 512-row chunks), against 0.9-1.0 ns for the same inner
     loop on data in cache. Keeping the packed input in L1 artificially brings it to
     1.38 ns: L1 misses on the input cost about 28%, the per-segment work the rest.
     Tried without gain (within +-5%): panel widths 128-1024, chunks of 16-512 rows,
@@ -215,17 +216,17 @@ class _SLPDispatcher:
 PANEL_MAX = 1 << 16
 
 _SPMM_TEMPLATE = """
-def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, c0, c1, y):
+def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, c0, c1, y, acc):
     wide_vectors()
     n_out = bias.size
     n_batch = y.shape[0]
     zero = data.dtype.type(0)
     _T = 64 // data.itemsize  # lanes of a transpose_tile tile
     R = rows_per_chunk
-    # The partial outputs of one chunk of rows, `width` lanes each: 32 KiB
-    # for 128 rows of 64 float32 lanes, so they stay in L1/L2 while the
-    # chunk's panels go by.
-    acc = np.empty((R, {width}), data.dtype)
+    # acc holds the partial outputs of one chunk of rows, `width` lanes each
+    # (32 KiB for 128 rows of 64 float32 lanes), in L1/L2 while the chunk's
+    # panels go by. The caller passes it: allocated here, 128 KiB for a
+    # 512-row chunk went to mmap and cost ~20 us of page faults per call.
     for blk in range(xp.shape[0]):
         xf = xp[blk].reshape(-1)
         b0 = blk * {width}
@@ -257,28 +258,36 @@ def spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, ac
 {step1}
                         p += _U1
 {store}
-            # Transposed into y: each lane's outputs are one contiguous run.
-            if nb == {width} and nr % _T == 0 and {width} % _T == 0:
-                for r in range(nr):
-                    bi = bias[row0 + r]
-                    for k in range({width}):
-                        acc[r, k] = _activate(acc[r, k] + bi, act, zero)
-                for r in range(0, nr, _T):
-                    for k in range(0, {width}, _T):
-                        transpose_tile(acc, r, k, y, b0 + k, row0 + r)
-            else:
+            # Transposed into y (each lane's outputs are one contiguous run): in
+            # register-transposed tiles, and the rows and lanes left over one by
+            # one, reading acc along its rows (a loop reading it down a column
+            # compiles to gathers, about 1 ns per value here).
+            for r in range(nr):
+                bi = bias[row0 + r]
+                for k in range({width}):
+                    acc[r, k] = _activate(acc[r, k] + bi, act, zero)
+            rt = nr // _T * _T if {width} % _T == 0 else 0
+            kt = nb // _T * _T if {width} % _T == 0 else 0
+            for r in range(0, rt, _T):
+                for k in range(0, kt, _T):
+                    transpose_tile(acc, r, k, y, b0 + k, row0 + r)
+            for r in range(rt):
+                for k in range(kt, nb):
+                    y[b0 + k, row0 + r] = acc[r, k]
+            for r in range(rt, nr):
                 for k in range(nb):
-                    for r in range(nr):
-                        y[b0 + k, row0 + r] = _activate(acc[r, k] + bias[row0 + r], act, zero)
+                    y[b0 + k, row0 + r] = acc[r, k]
 
 
-def spmm_fwd_w{width}(x, xps, by_rows, data, cols, seg, n_panels, rows_per_chunk, panel, bias, act, parts, y, flags):
+def spmm_fwd_w{width}(x, xps, accs, by_rows, data, cols, seg, n_panels, rows_per_chunk, panel, bias, act, parts, y,
+                     flags):
     wide_vectors()
     n_it = xps.shape[0]
     n_batch = x.shape[0]
     n_bad = 0
     for t in numba.prange(n_it):
         xp = xps[t]
+        acc = accs[t]
         if by_rows:
             for blk in range(xp.shape[0]):
                 r0 = blk * {width}
@@ -287,7 +296,7 @@ def spmm_fwd_w{width}(x, xps, by_rows, data, cols, seg, n_panels, rows_per_chunk
             f1 = n_batch * (t + 1) // n_it
             n_bad += nonfinite_rows(x[f0:f1], flags[f0:f1])
             spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act,
-                          parts[t], parts[t + 1], y)
+                          parts[t], parts[t + 1], y, acc)
         else:
             for blk in range(t, (n_batch + {width} - 1) // {width}, n_it):
                 r0 = blk * {width}
@@ -295,7 +304,7 @@ def spmm_fwd_w{width}(x, xps, by_rows, data, cols, seg, n_panels, rows_per_chunk
                 pack_block(x[r0:r1], xp[0])
                 n_bad += nonfinite_rows(x[r0:r1], flags[r0:r1])
                 spmm_w{width}(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act,
-                              parts[0], parts[parts.size - 1], y[r0:r1])
+                              parts[0], parts[parts.size - 1], y[r0:r1], acc)
     return n_bad
 """
 
@@ -359,8 +368,9 @@ _SPMM = {w: _make_spmm(w, _SETS[w]) for w in WIDTHS}
 def spmm_kernel(width: int):
     """The compiled SpMM for one batch-block width, on one thread.
 
-    ``f(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, c0, c1, y)``
-    computes the row chunks ``c0:c1``. The weights are in the tiled layout of
+    ``f(data, cols, seg, n_panels, rows_per_chunk, panel, xp, bias, act, c0, c1, y, acc)``
+    computes the row chunks ``c0:c1``; ``acc`` is work space of shape
+    ``(min(rows_per_chunk, out), width)``. The weights are in the tiled layout of
     :func:`tile_csr` (``cols`` are 16-bit offsets within a panel of ``panel``
     features), ``xp`` is the packed input (shape ``(n_blocks, K, width)``,
     see :func:`pack_block`). The result goes transposed to ``y`` (C-ordered
@@ -372,9 +382,10 @@ def spmm_kernel(width: int):
 def spmm_forward(width: int, parallel: bool = False):
     """The compiled pack + SpMM driver for one batch-block width: one call per layer forward.
 
-    ``f(x, xps, by_rows, data, cols, seg, n_panels, rows_per_chunk, panel, bias, act, parts, y, flags)``
+    ``f(x, xps, accs, by_rows, data, cols, seg, n_panels, rows_per_chunk, panel, bias, act, parts, y, flags)``
     runs ``xps.shape[0]`` iterations (in parallel: one per thread), each with
-    its own packing buffer ``xps[t]``, so a thread only reads input it packed
+    its own packing buffer ``xps[t]`` and work space ``accs[t]`` (see
+    :func:`spmm_kernel`), so a thread only reads input it packed
     itself (a block packed by another core cost up to 2x in the product that
     read it, from cache lines moving between the cores' L2):
 

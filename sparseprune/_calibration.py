@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import scipy
 
-FORMAT = 5
+FORMAT = 6
 CAL_ROWS, CAL_COLS, CAL_DENSITY = 2048, 4096, 0.2
 BATCHES = (1, 8, 16, 32, 64, 256)
 #: Sparse is chosen only when predicted at least this much faster than dense,
@@ -47,14 +47,16 @@ BLAS_SETTLE_S = 0.2
 _DEFAULT = {
     "dense_per_mac": {"1": 7.7e-11, "8": 3.4e-10, "16": 3.8e-10, "32": 5.4e-10, "64": 6.8e-10, "256": 1.8e-9},
     "sparse_per_nnz": {"1": 3.2e-10, "8": 4.4e-10, "16": 4.9e-10, "32": 6.4e-10, "64": 1.03e-9, "256": 3.8e-9},
-    # The batched sparse path's cost that does not grow with nnz (packing X,
-    # the NaN/inf check, writing Y), per input column: it decides small layers
-    # (e.g. a 10-output classifier head).
-    "pack_per_col": {"1": 5.0e-10, "8": 1.1e-8, "16": 8.2e-9, "32": 2.0e-8, "64": 6.4e-8, "256": 1.7e-7},
+    # The batched sparse path's cost that does not grow with nnz, per input
+    # column (packing X, the NaN/inf check) and per output row (the row loop,
+    # bias and activation, writing Y): it decides small layers (e.g. a
+    # 10-output classifier head).
+    "pack_per_col": {"1": 4.6e-10, "8": 1.0e-8, "16": 5.3e-9, "32": 1.3e-8, "64": 4.0e-8, "256": 9.1e-8},
+    "out_per_row": {"1": 1e-12, "8": 5.0e-9, "16": 8.5e-9, "32": 6.2e-9, "64": 2.3e-8, "256": 7.3e-8},
 }
 # Seconds per call on each path for a tiny layer (not scaled with threads).
 # "sparse_batched" is the SpMM path (batch > 1: packing, more Python).
-_DEFAULT_OVERHEAD = {"dense": 3.4e-6, "sparse": 4.4e-6, "sparse_batched": 1.1e-5}
+_DEFAULT_OVERHEAD = {"dense": 2.0e-6, "sparse": 3.0e-6, "sparse_batched": 1.0e-5}
 
 _lock = threading.Lock()
 _tables: dict[str, dict] = {}
@@ -134,6 +136,7 @@ def default_table(n_threads: int) -> dict:
         "dense_per_mac": {b: v * scale for b, v in _DEFAULT["dense_per_mac"].items()},
         "sparse_per_nnz": {b: v * scale for b, v in _DEFAULT["sparse_per_nnz"].items()},
         "pack_per_col": {b: v * scale for b, v in _DEFAULT["pack_per_col"].items()},
+        "out_per_row": {b: v * scale for b, v in _DEFAULT["out_per_row"].items()},
         "call_overhead_s": dict(_DEFAULT_OVERHEAD),
     }
 
@@ -150,18 +153,20 @@ def _best(fn, reps: int, deadline: float) -> float:
     return best
 
 
-def _fixed_part(layer, X, n_threads: int):
+def _fixed_part(layer, X, n_threads: int, n_out: int | None = None):
     """A call doing the batched sparse path's work that does not grow with nnz, for ``layer`` at ``X``.
 
     The same kernel calls as ``layer(X, method="sparse")`` (same blocks,
-    threads and packing) on a weight matrix of the same shape with no
-    nonzeros: packing, the NaN/inf check, the empty row loop and the output.
+    threads and packing) on a weight matrix with no nonzeros, of the layer's
+    shape or with ``n_out`` rows: packing, the NaN/inf check, the empty row
+    loop and the output.
     """
     import scipy.sparse as sp
 
     from sparseprune.spmm import SparseLinear, _spmm_forward
 
-    empty = SparseLinear(sp.csr_array(layer.shape, dtype=layer.dtype))
+    shape = (layer.shape[0] if n_out is None else n_out, layer.shape[1])
+    empty = SparseLinear(sp.csr_array(shape, dtype=layer.dtype))
     steps = []
     for b0, b1, width, n_it, n_blk, by_rows, _, parts, fn, parallel in layer._steps(X.shape[0], n_threads):
         t = empty._tiled(width, not by_rows)
@@ -172,7 +177,7 @@ def _fixed_part(layer, X, n_threads: int):
             parts = t.chunk_ptr_ends
         steps.append((b0, b1, width, n_it, n_blk, by_rows, t, parts, fn, parallel))
     steps = tuple(steps)
-    return lambda: _spmm_forward(X, steps, empty.bias, 0, layer.shape[0])
+    return lambda: _spmm_forward(X, steps, empty.bias, 0, shape[0])
 
 
 def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: int = CAL_ROWS,
@@ -192,10 +197,15 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
     for X in inputs.values():  # compile every kernel variant before the clock starts
         layer(X[:, :], method="sparse")
     # The fixed part's empty layouts are built here, before the clock starts.
+    # The same with an eighth of the outputs separates the cost per input
+    # column (packing) from the cost per output row (the row loop and writing Y).
+    small_rows = max(1, rows // 8)
     fixed = {b: _fixed_part(layer, X, n_threads) if b > 1 else (lambda X=X: np.isfinite(X[0]).all())
              for b, X in inputs.items()}
+    fixed_small = {b: _fixed_part(layer, X, n_threads, small_rows) if b > 1 else fixed[b]
+                   for b, X in inputs.items()}
     deadline = time.perf_counter() + budget_s
-    best = {name: {b: math.inf for b in BATCHES} for name in ("dense", "sparse", "pack")}
+    best = {name: {b: math.inf for b in BATCHES} for name in ("dense", "sparse", "pack", "pack_small")}
     for rnd in range(ROUNDS):
         # All sparse timings before all dense ones, and a pause after the
         # dense ones: a multi-threaded BLAS call leaves its worker threads
@@ -203,7 +213,7 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
         # parallel sparse kernel 2-3x here and made the table steer to dense.
         if rnd:
             time.sleep(BLAS_SETTLE_S)
-        for name in ("sparse", "pack", "dense"):
+        for name in ("sparse", "pack", "pack_small", "dense"):
             for b in BATCHES:
                 if time.perf_counter() > deadline:
                     break
@@ -212,18 +222,23 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
                     fn = lambda: layer(X, method="sparse")  # noqa: E731
                 elif name == "pack":
                     fn = fixed[b]
+                elif name == "pack_small":
+                    fn = fixed_small[b]
                 else:
                     fn = lambda: X @ dense_w.T  # noqa: E731
                 best[name][b] = min(best[name][b], _best(fn, reps, deadline))
     measured = []
     for b in BATCHES:
-        td, ts, tp = best["dense"][b], best["sparse"][b], best["pack"][b]
-        if not math.isfinite(td + ts + tp):
+        td, ts, tp, tps = best["dense"][b], best["sparse"][b], best["pack"][b], best["pack_small"][b]
+        if not math.isfinite(td + ts + tp + tps):
             continue
         table["dense_per_mac"][str(b)] = td / (rows * cols)
-        # The layer time includes packing X and writing Y; keep the two apart
-        # (at least a tenth of the time goes to the nonzeros, whatever noise says).
-        table["pack_per_col"][str(b)] = max(min(tp, 0.9 * ts), 1e-12) / cols
+        # The layer time includes packing X and writing Y; keep them apart from
+        # the nonzeros' share (at least a tenth of the time, whatever noise says).
+        tp = max(min(tp, 0.9 * ts), 1e-12)
+        per_row = max(tp - tps, 0.0) / (rows - small_rows) if b > 1 and rows > small_rows else 0.0
+        table["out_per_row"][str(b)] = max(per_row, 1e-12)
+        table["pack_per_col"][str(b)] = max(tp - per_row * rows, 0.1 * tp) / cols
         table["sparse_per_nnz"][str(b)] = max(ts - tp, 0.1 * ts) / max(1, W.nnz)
         measured.append(str(b))
     if len(measured) < len(BATCHES):
@@ -232,7 +247,7 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
             # Unmeasured batch sizes keep the default shape, rescaled to this machine.
             last = measured[-1]
             ref = default_table(n_threads)
-            for name in ("dense_per_mac", "sparse_per_nnz", "pack_per_col"):
+            for name in ("dense_per_mac", "sparse_per_nnz", "pack_per_col", "out_per_row"):
                 f = table[name][last] / ref[name][last]
                 for b in map(str, BATCHES):
                     if b not in measured:
@@ -320,9 +335,10 @@ def _valid(table) -> bool:
     if not isinstance(table, dict):
         return False
     try:
-        # pack_per_col may be absent from a hand-made table (then packing counts as free).
-        for name in ("dense_per_mac", "sparse_per_nnz", "pack_per_col"):
-            if name == "pack_per_col" and name not in table:
+        # pack_per_col and out_per_row may be absent from a hand-made table (then
+        # those costs count as free).
+        for name in ("dense_per_mac", "sparse_per_nnz", "pack_per_col", "out_per_row"):
+            if name in ("pack_per_col", "out_per_row") and name not in table:
                 continue
             vals = {int(k): float(v) for k, v in table[name].items()}
             if not vals or not all(v > 0 and math.isfinite(v) for v in vals.values()):

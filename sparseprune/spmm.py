@@ -294,6 +294,8 @@ def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decisi
     ts = _cal.per_unit(table, "sparse_per_nnz", batch) * nnz
     if "pack_per_col" in table:
         ts += _cal.per_unit(table, "pack_per_col", batch) * n_in
+    if "out_per_row" in table:
+        ts += _cal.per_unit(table, "out_per_row", batch) * n_out
     # Fixed cost of one call on each path (Python, dispatch, allocation): it
     # decides tiny layers, where either product itself takes a microsecond.
     overhead = table.get("call_overhead_s", {})
@@ -518,14 +520,15 @@ def _spmm_forward(X: np.ndarray, steps: tuple, bias, act: int, n_out: int):
     n_bad = 0
     for i, (b0, b1, width, n_it, n_blk, by_rows, t, parts, fn, parallel) in enumerate(steps):
         x = X[b0:b1]
-        xps = _scratch_array(4 + i, (n_it, n_blk, n_in, width), dtype)
+        xps = _scratch_array(2 * i, (n_it, n_blk, n_in, width), dtype)
+        accs = _scratch_array(2 * i + 1, (n_it, min(t.rows_per_chunk, n_out), width), dtype)
         # The arguments whose numba type can vary between calls: x, and (on the
         # one-off linear() path) the caller's weights and bias, read-only or
         # unaligned ones included. The rest are made here with fixed types.
         f, fd, fb = x.flags, t.data.flags, bias.flags
         key = (x.dtype.num, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned,
                fd.writeable, fd.aligned, fb.writeable, fb.aligned)
-        args = (key, x, xps, by_rows, t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel,
+        args = (key, x, xps, accs, by_rows, t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel,
                 bias, act, parts, Y[b0:b1], flags[b0:b1])
         n_bad += run_parallel(fn.keyed, *args) if parallel else fn.keyed(*args)
     return Y, flags, n_bad

@@ -357,6 +357,15 @@ def test_dispatcher_follows_the_calibration_table():
     sparseprune.set_calibration(_table(1e-9, 3.55e-9))
     assert sparseprune.explain(16, layer).path == "dense"
     assert sparseprune.explain(16, W).path == "sparse"
+    # Fixed costs per input column and per output row count on the sparse side:
+    # per unit x batch: 64 x 64 dense = 4096 x 1e-9; sparse 1024 nnz x 2e-9 plus 64 rows x 2e-8 -> 0.81x.
+    table = _table(1e-9, 2e-9)
+    table["out_per_row"] = {str(b): 2e-8 * b for b in cal.BATCHES}
+    sparseprune.set_calibration(table)
+    assert "0.81x" in sparseprune.explain(16, layer).reason
+    table["pack_per_col"] = {str(b): 1e-8 * b for b in cal.BATCHES}
+    sparseprune.set_calibration(table)
+    assert sparseprune.explain(16, layer).path == "dense"  # plus 64 columns x 1e-8: 0.97x
 
 
 def test_dense_array_weights_stay_dense_and_forced_methods():
@@ -394,6 +403,9 @@ def test_calibrate_measures_caches_and_reloads(monkeypatch):
     monkeypatch.setattr(cal, "CAL_COLS", 96)
     table = sparseprune.calibrate(force=True)
     assert table["source"].startswith("measured")
+    for name in ("dense_per_mac", "sparse_per_nnz", "pack_per_col", "out_per_row"):
+        assert set(table[name]) == {str(b) for b in cal.BATCHES}
+        assert all(v > 0 and math.isfinite(v) for v in table[name].values())
     stored = json.loads(cal.cache_file().read_text())
     assert table in stored.values()
     cal.forget()
@@ -577,8 +589,9 @@ def test_wide_vector_kernels_match_plain_loops():
     xp = spmm_mod._aligned_empty((1, 200, 64), np.float32)
     K.pack_block(X, xp[0])
     y = np.empty((64, 300), np.float32)
+    acc = np.empty((min(t.rows_per_chunk, 300), 64), np.float32)
     K.spmm_kernel(64)(t.data, t.cols, t.seg, t.n_panels, t.rows_per_chunk, t.panel, xp,
-                      layer.bias, 0, 0, t.chunk_ptr.size - 1, y)
+                      layer.bias, 0, 0, t.chunk_ptr.size - 1, y, acc)
     np.testing.assert_allclose(y, (W @ X.T).T, rtol=1e-5, atol=1e-5)
 
 
