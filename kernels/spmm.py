@@ -56,7 +56,9 @@ Where the batched kernel's time goes (4096 x 4096, 10% density, batch 256, one c
     and 512-row chunks), against 0.9-1.0 ns for the same inner
     loop on data in cache. Keeping the packed input in L1 artificially brings it to
     1.38 ns: L1 misses on the input cost about 28%, the per-segment work the rest.
-    Tried without gain (within +-5%): panel widths 128-1024, chunks of 16-512 rows,
+    Tried without gain (within +-5%), when the threads still split W's rows: panel
+    widths 128-1024, chunks of 16-512 rows (with each thread running all of W over
+    its own blocks, 512-row chunks later measured 5-8.5% faster than 128),
     padding to 1/2/4, 1/2/4 accumulator sets, 128-lane blocks, 32-lane blocks,
     software prefetch of input rows, two rows' segments in one loop, segments
     sorted by length, a branch-free grouped layout, alternating row direction.

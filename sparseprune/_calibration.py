@@ -3,8 +3,11 @@
 A short micro-benchmark times dense BLAS (``X @ W.T``) and the sparse kernels
 on one layer (``CAL_ROWS x CAL_COLS``, float32) at a few batch sizes, with the
 thread count in force. From it the dispatcher derives, per batch size, the
-cost of one dense multiply-add and of one sparse nonzero; a layer runs sparse
-when its predicted sparse time is below ``SAFETY`` times its dense time.
+cost of one dense multiply-add (``dense_per_mac``), of one sparse nonzero
+(``sparse_per_nnz``) and, for batches above 1, the sparse path's fixed cost
+per input column (``pack_per_col``) and per output row (``out_per_row``); a
+layer runs sparse when its predicted sparse time is below ``SAFETY`` times
+its dense time. A hand-made table needs only the first two.
 
 The table is cached as JSON in ``$SPARSEPRUNE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/sparseprune``, else ``~/.cache/sparseprune``, keyed by the
@@ -28,7 +31,7 @@ import numba
 import numpy as np
 import scipy
 
-FORMAT = 6
+FORMAT = 7
 CAL_ROWS, CAL_COLS, CAL_DENSITY = 2048, 4096, 0.2
 BATCHES = (1, 8, 16, 32, 64, 256)
 #: Sparse is chosen only when predicted at least this much faster than dense,
@@ -52,7 +55,7 @@ _DEFAULT = {
     # bias and activation, writing Y): it decides small layers (e.g. a
     # 10-output classifier head).
     "pack_per_col": {"1": 4.6e-10, "8": 1.0e-8, "16": 5.3e-9, "32": 1.3e-8, "64": 4.0e-8, "256": 9.1e-8},
-    "out_per_row": {"1": 1e-12, "8": 5.0e-9, "16": 8.5e-9, "32": 6.2e-9, "64": 2.3e-8, "256": 7.3e-8},
+    "out_per_row": {"1": 5.0e-9, "8": 5.0e-9, "16": 8.5e-9, "32": 6.2e-9, "64": 2.3e-8, "256": 7.3e-8},
 }
 # Seconds per call on each path for a tiny layer (not scaled with threads).
 # "sparse_batched" is the SpMM path (batch > 1: packing, more Python).
@@ -180,13 +183,16 @@ def _fixed_part(layer, X, n_threads: int, n_out: int | None = None):
     return lambda: _spmm_forward(X, steps, empty.bias, 0, shape[0])
 
 
-def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: int = CAL_ROWS,
-            cols: int = CAL_COLS) -> dict:
-    """Run the micro-benchmark and return a fresh table (not cached)."""
+def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: int | None = None,
+            cols: int | None = None) -> dict:
+    """Run the micro-benchmark and return a fresh table (not cached); ``rows``/``cols`` default to
+    ``CAL_ROWS``/``CAL_COLS``."""
     import scipy.sparse as sp
 
     from sparseprune.spmm import SparseLinear
 
+    rows = CAL_ROWS if rows is None else rows
+    cols = CAL_COLS if cols is None else cols
     rng = np.random.default_rng(0)
     W = sp.random_array((rows, cols), density=CAL_DENSITY, format="csr", dtype=np.float32, rng=rng)
     layer = SparseLinear(W)
@@ -236,8 +242,10 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
         # The layer time includes packing X and writing Y; keep them apart from
         # the nonzeros' share (at least a tenth of the time, whatever noise says).
         tp = max(min(tp, 0.9 * ts), 1e-12)
-        per_row = max(tp - tps, 0.0) / (rows - small_rows) if b > 1 and rows > small_rows else 0.0
-        table["out_per_row"][str(b)] = max(per_row, 1e-12)
+        per_row = 0.0
+        if b > 1 and rows > small_rows:
+            per_row = max(tp - min(tps, tp), 0.0) / (rows - small_rows)
+            table["out_per_row"][str(b)] = max(per_row, 1e-12)
         table["pack_per_col"][str(b)] = max(tp - per_row * rows, 0.1 * tp) / cols
         table["sparse_per_nnz"][str(b)] = max(ts - tp, 0.1 * ts) / max(1, W.nnz)
         measured.append(str(b))
@@ -247,11 +255,15 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
             # Unmeasured batch sizes keep the default shape, rescaled to this machine.
             last = measured[-1]
             ref = default_table(n_threads)
-            for name in ("dense_per_mac", "sparse_per_nnz", "pack_per_col", "out_per_row"):
+            # out_per_row keeps its defaults there: one noisy small figure would scale them to ~0.
+            for name in ("dense_per_mac", "sparse_per_nnz", "pack_per_col"):
                 f = table[name][last] / ref[name][last]
                 for b in map(str, BATCHES):
                     if b not in measured:
                         table[name][b] = ref[name][b] * f
+    # Batch 1 (the SpMV) has no per-row fixed part of its own; its entry only anchors the
+    # interpolation for batches 2-7, which run the batched path like batch 8.
+    table["out_per_row"]["1"] = table["out_per_row"]["8"]
     # Per-call overhead of each path, from a layer so small the product is negligible.
     tiny = SparseLinear(sp.random_array((8, 8), density=0.5, format="csr", dtype=np.float32, rng=rng))
     x1 = inputs[1][:, :8].copy()
@@ -318,7 +330,8 @@ def set_override(table: dict | None) -> None:
     if table is not None and not _valid(table):
         raise ValueError(
             "A calibration table needs 'dense_per_mac' and 'sparse_per_nnz' mappings from batch size "
-            "to seconds; get one from sparseprune.calibrate() and edit it."
+            "to seconds (optionally 'pack_per_col' and 'out_per_row', all positive); get one from "
+            "sparseprune.calibrate() and edit it."
         )
     _override = table
     _bump()

@@ -89,8 +89,9 @@ MIN_PANEL = 128
 #: narrower: its panel of the packed input is 4x the 16-lane kernel's, and at
 #: 10% density, batch 256, panels of 256 instead of 512 features measured
 #: 3-5% faster (2-8% at 30%; even at 1-5%), while the 16-lane kernel got
-#: 15% slower with them. A layer called at both kinds of batch sizes keeps
-#: both layouts (6 bytes per nonzero each).
+#: 15% slower with them. A layer keeps each layout it has used (6 bytes
+#: per nonzero each): up to two panel widths times two chunk sizes (see
+#: BLOCK_ROWS_PER_CHUNK).
 WIDE_PANEL_DIVISOR = 2
 #: Segments of the tiled layout are padded to a multiple of this many nonzeros:
 #: the two accumulator sets of the 64-lane kernel (large batches) then need no
@@ -294,7 +295,7 @@ def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decisi
     ts = _cal.per_unit(table, "sparse_per_nnz", batch) * nnz
     if "pack_per_col" in table:
         ts += _cal.per_unit(table, "pack_per_col", batch) * n_in
-    if "out_per_row" in table:
+    if "out_per_row" in table and batch > 1:  # batch 1's SpMV has it inside its per-nnz cost
         ts += _cal.per_unit(table, "out_per_row", batch) * n_out
     # Fixed cost of one call on each path (Python, dispatch, allocation): it
     # decides tiny layers, where either product itself takes a microsecond.

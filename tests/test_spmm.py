@@ -398,7 +398,7 @@ def test_default_table_on_ci_and_cache_dir(monkeypatch, tmp_path):
 
 
 def test_calibrate_measures_caches_and_reloads(monkeypatch):
-    # A tiny, fast calibration: the real one uses a 1024 x 4096 layer.
+    # A tiny, fast calibration: the real one uses a 2048 x 4096 layer.
     monkeypatch.setattr(cal, "CAL_ROWS", 64)
     monkeypatch.setattr(cal, "CAL_COLS", 96)
     table = sparseprune.calibrate(force=True)
