@@ -465,8 +465,9 @@ def _forward_plan(n_batch: int, n_threads: int, parallel: bool) -> list:
     packs them and takes an nnz-balanced range of rows). Measured at 4096 x
     4096 on 2 threads: 64-row blocks per thread beat splitting rows by
     10-12% (10-50% density, batch 256), and splitting rows beat narrower
-    blocks per thread (32 or 16 rows) by 4-25% at batch 16-64, except at 1%
-    density where both were within 20%.
+    blocks per thread (32, 16 or 8 rows) by 4-84% at batch 16-64 and 10-30%
+    density. At 1% density, batch 64, 32-row blocks were 19% faster; the one
+    rule keeps splitting rows there.
     Serially, full blocks of 64 and then the rest in the narrowest width that holds it.
     """
     if n_batch == 0:
