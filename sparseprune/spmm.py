@@ -409,11 +409,15 @@ class _Tiled:
         self._parts: dict[int, np.ndarray] = {}
 
     def parts(self, n: int) -> np.ndarray:
-        p = self._parts.get(n)
-        if p is None:
-            p = _k.balanced_row_starts(self.chunk_ptr, n)
-            self._parts[n] = p
-        return p
+        return _cached_parts(self._parts, self.chunk_ptr, n)
+
+
+def _cached_parts(cache: dict, ptr: np.ndarray, n: int) -> np.ndarray:
+    """``balanced_row_starts(ptr, n)``, computed once per ``n`` and kept in ``cache``."""
+    p = cache.get(n)
+    if p is None:
+        p = cache[n] = _k.balanced_row_starts(ptr, n)
+    return p
 
 
 def _panel_width(n_in: int, density: float, width: int = 16) -> int:
@@ -673,11 +677,7 @@ class SparseLinear:
         return sp.csr_array((self._data, self._indices, self._indptr), shape=self.shape, copy=False)
 
     def _parts(self, n_parts: int) -> np.ndarray:
-        rs = self._row_starts.get(n_parts)
-        if rs is None:
-            rs = _k.balanced_row_starts(self._indptr, n_parts)
-            self._row_starts[n_parts] = rs
-        return rs
+        return _cached_parts(self._row_starts, self._indptr, n_parts)
 
     def _dense(self) -> np.ndarray:
         if self._dense_w is None:
