@@ -500,6 +500,57 @@ spmv_forward_serial, spmv_forward_par = jit_variants(_spmv_forward, fastmath=_NO
 
 
 
+
+def _spmv_checked(data, indices, indptr, n_cols, x, bias, act, n_parts):
+    """``act(W @ x + bias)`` on caller-owned CSR arrays that were checked in O(1) only: ``(y, status)``.
+
+    For one-off calls on a matrix scipy already marks canonical: the checks
+    that need a pass over the arrays ride along with the product instead of
+    preceding it. A row range is clamped to ``[0, nnz]`` (so a corrupt
+    ``indptr`` never reads past the arrays), and a column index outside
+    ``[0, n_cols)`` is skipped and reported (one unsigned compare per
+    nonzero). ``status``: 0 ok, 1 ``x`` holds NaN or inf, 2 an index was out
+    of range or ``indptr`` decreasing (then ``y`` is not to be used).
+    Rows are split into ``n_parts`` ranges of about equal nonzeros by
+    binary search on ``indptr``, one per ``prange`` iteration.
+    """
+    n_rows = indptr.size - 1
+    nnz = indptr[n_rows]
+    y = np.empty(n_rows, data.dtype)
+    limit = np.uint64(n_cols)
+    bad = np.zeros(n_parts, np.bool_)
+    zero = data.dtype.type(0)
+    for t in numba.prange(n_parts):
+        r0 = np.searchsorted(indptr, nnz * t // n_parts, side="left") if t else 0
+        r1 = np.searchsorted(indptr, nnz * (t + 1) // n_parts, side="left") if t + 1 < n_parts else n_rows
+        r0 = min(r0, n_rows)
+        r1 = min(r1, n_rows)
+        flag = False
+        for i in range(r0, r1):
+            p0 = min(max(indptr[i], 0), nnz)
+            p1 = min(max(indptr[i + 1], p0), nnz)
+            flag |= indptr[i + 1] < indptr[i]
+            d = data[p0:p1]
+            c = indices[p0:p1]
+            s = zero
+            for k in range(d.size):
+                j = np.uint64(c[k])
+                ok = j < limit
+                flag |= not ok
+                s += d[k] * x[j if ok else _U0]
+            y[i] = _activate(s + bias[i], act, zero)
+        bad[t] = flag
+    probe = zero
+    for k in range(x.size):
+        probe += x[k] * zero
+    if bad.any():
+        return y, 2
+    return y, 1 if probe != probe else 0
+
+
+spmv_checked_serial, spmv_checked_par = jit_variants(_spmv_checked)
+
+
 @jit(fastmath=False)
 def balanced_row_starts(indptr, n_parts):
     """Split rows into at most ``n_parts`` contiguous ranges with about equal nonzeros (+1 per row).

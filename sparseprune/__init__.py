@@ -25,8 +25,29 @@ from sparseprune.masking import (
     sparsity_info,
     threshold_mask,
 )
-from sparseprune.mlp import MLPClassifier, MLPRegressor, load
-from sparseprune.tree import CompiledTree, PruningReport, compile_tree, prune_tree, pruning_curve, tree_report
+
+# The estimators need scikit-learn (about a second to import): they load on
+# first use, so `import sparseprune` costs little more than numpy, scipy and numba.
+_LAZY = {
+    "MLPClassifier": "sparseprune.mlp", "MLPRegressor": "sparseprune.mlp", "load": "sparseprune.mlp",
+    "CompiledTree": "sparseprune.tree", "PruningReport": "sparseprune.tree", "compile_tree": "sparseprune.tree",
+    "prune_tree": "sparseprune.tree", "pruning_curve": "sparseprune.tree", "tree_report": "sparseprune.tree",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sparseprune' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 

@@ -1,20 +1,21 @@
-"""Per-machine calibration of the dense/sparse dispatcher used by :func:`sparseprune.linear`.
+"""The cost model behind the dispatcher's first guess (:func:`sparseprune.linear`, ``SparseLinear``).
 
-A short micro-benchmark times dense BLAS (``X @ W.T``) and the sparse kernels
-on one layer (``CAL_ROWS x CAL_COLS``, float32) at a few batch sizes, with the
-thread count in force. From it the dispatcher derives, per batch size, the
-cost of one dense multiply-add (``dense_per_mac``), of one sparse nonzero
-(``sparse_per_nnz``) and, for batches above 1, the sparse path's fixed cost
-per input column (``pack_per_col``) and per output row (``out_per_row``); a
-layer runs sparse when its predicted sparse time is below ``SAFETY`` times
-its dense time. A hand-made table needs only the first two.
+The dispatcher measures dense BLAS against the sparse kernels on the real
+layer's first calls (:mod:`sparseprune._dispatch`); this table only rules out
+candidates that cannot win (predicted ``HOPELESS`` times slower) and orders
+the rest. It gives, per batch size, the cost of one dense multiply-add
+(``dense_per_mac``), of one sparse nonzero (``sparse_per_nnz``) and, for
+batches above 1, the sparse path's fixed cost per input column
+(``pack_per_col``) and per output row (``out_per_row``). A hand-made table
+needs only the first two.
 
-The table is cached as JSON in ``$SPARSEPRUNE_CACHE_DIR``, else
-``$XDG_CACHE_HOME/sparseprune``, else ``~/.cache/sparseprune``, keyed by the
-CPU, core count, library versions and thread count. When no table is cached,
-it is measured on first use (about a second), except on CI (``CI`` set) or
-when ``SPARSEPRUNE_CALIBRATION=default``: then a built-in conservative table
-is used and nothing is measured, so test runs never stall on it.
+The built-in table was measured on the project's 2-core AVX-512 machine.
+:func:`sparseprune.calibrate` re-measures it on this machine (about a
+second; one layer, ``CAL_ROWS x CAL_COLS``, float32) and caches it as JSON in
+``$SPARSEPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/sparseprune``, else
+``~/.cache/sparseprune``, keyed by the CPU, core count, library versions,
+thread count and ``FORMAT``; only that explicit call measures, reads or
+writes the cache.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ BATCHES = (1, 8, 16, 32, 64, 256)
 #: Sparse is chosen only when predicted at least this much faster than dense,
 #: so model error and timing noise fall on the dense side.
 SAFETY = 0.85
+#: A candidate predicted this many times slower than the other is not measured.
+HOPELESS = 4.0
 #: Wall-clock budget for one calibration; what is left unmeasured keeps defaults.
 BUDGET_S = 3.0
 #: Rounds of (all sparse, all dense) timings, best kept; the pause between
@@ -280,36 +283,18 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
     return table
 
 
-def _auto_allowed() -> bool:
-    mode = os.environ.get("SPARSEPRUNE_CALIBRATION", "").strip().lower()
-    if mode in ("default", "off", "0", "false", "no"):
-        return False
-    if mode in ("auto", "on", "1", "true", "yes"):
-        return True
-    return not os.environ.get("CI")
-
-
 def get_table(n_threads: int) -> dict:
-    """The table in force for ``n_threads``: injected, cached in memory, on disk, measured, or default."""
+    """The cost-model table in force for ``n_threads``: injected, measured by :func:`calibrate`, or built in.
+
+    Nothing is measured or read from disk here: the dispatcher measures the
+    real layers on their first calls (:mod:`sparseprune._dispatch`) and uses
+    this table only to rule out hopeless candidates, so a library call never
+    blocks on a micro-benchmark or touches the user's home directory unasked.
+    """
     if _override is not None:
         return _override
-    key = _machine_key(n_threads)
-    table = _tables.get(key)
-    if table is not None:
-        return table
-    with _lock:
-        table = _tables.get(key)
-        if table is None:
-            table = _load_all().get(key)
-            if not _valid(table):
-                if _auto_allowed():
-                    table = measure(n_threads)
-                    _save(key, table)
-                else:
-                    table = default_table(n_threads)
-            _tables[key] = table
-            _bump()
-    return table
+    table = _tables.get(_machine_key(n_threads))
+    return table if table is not None else default_table(n_threads)
 
 
 def calibrate(n_threads: int, force: bool) -> dict:

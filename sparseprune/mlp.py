@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import threading
 import warnings
+import weakref
 import zipfile
 from typing import Any
 
@@ -29,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from sparseprune._validation import check_int, check_number, index_dtype
 from sparseprune.masking import global_magnitude_prune, magnitude_prune, threshold_mask
 from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
+from sparseprune.plan import ModelPlan
 from sparseprune.spmm import SparseLinear, explain, linear
 
 __all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
@@ -271,6 +274,12 @@ def _check_hidden_sizes(value):
 
 # Largest weight matrix (entries) trained with a single BLAS thread.
 _SMALL_GEMM = 1 << 20
+#: Serialises building a model's inference plan (rare; calls on a built plan take no lock).
+_PLAN_LOCK = threading.Lock()
+#: Each fitted model's plan, kept beside the model rather than in its ``__dict__``: predicting
+#: must not change an estimator's attributes (scikit-learn's check_dict_unchanged), and a
+#: copy or an unpickled model makes its own plan.
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 _SK_PARAMS = ("hidden_layer_sizes", "activation", "solver", "alpha", "batch_size", "learning_rate_init",
               "max_iter", "shuffle", "random_state", "tol", "early_stopping", "validation_fraction",
@@ -358,6 +367,55 @@ class _BaseMLP(BaseEstimator):
         return (type(X) is np.ndarray and X.ndim == 2 and X.dtype in (np.float32, np.float64)
                 and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
                 and not hasattr(self, "feature_names_in_") and bool(np.isfinite(X).all()))
+
+    # -- the inference plan ----------------------------------------------------
+    def _get_plan(self) -> ModelPlan:
+        layers = self.__dict__.get("layers_")
+        if layers is None:
+            check_is_fitted(self)
+        plan = _PLANS.get(self)
+        if (plan is None or not plan.matches(layers) or plan.hidden_activation != self.activation
+                or plan.out_activation != self.out_activation_):
+            with _PLAN_LOCK:
+                plan = _PLANS.get(self)
+                if (plan is None or not plan.matches(layers) or plan.hidden_activation != self.activation
+                        or plan.out_activation != self.out_activation_):
+                    plan = ModelPlan(layers, self.activation, self.out_activation_)
+                    _PLANS[self] = plan
+        return plan
+
+    @property
+    def plan_(self) -> ModelPlan:
+        """The model's inference plan (:class:`sparseprune.plan.ModelPlan`): what ``predict`` runs, and why.
+
+        Made on first use and rebuilt whenever the layers or activations change
+        (``prune``, ``fine_tune``, ``eliminate_neurons``, ``set_params``,
+        assigning a layer's ``weight`` or ``bias``). ``print(model.plan_.explain())``
+        shows it; ``model.plan_.freeze()`` fixes its measured choices, and
+        :meth:`save` keeps frozen choices.
+        """
+        return self._get_plan()
+
+    def _serve(self, X) -> np.ndarray:
+        """The network's output after its output activation (probabilities for a classifier).
+
+        A plain C-contiguous array of the model's dtype and width goes straight
+        to the plan (O(1) checks here; finiteness is checked inside the first
+        kernel); anything else, and an input found to hold NaN or inf, takes
+        scikit-learn's validation with its usual errors.
+        """
+        layers = self.__dict__.get("layers_")
+        if (layers is not None and type(X) is np.ndarray and X.ndim == 2 and X.shape[0] > 0
+                and X.dtype == layers[0].bias.dtype and X.flags.c_contiguous
+                and X.shape[1] == self.n_features_in_ and "feature_names_in_" not in self.__dict__):
+            out = self._get_plan().run(X)
+            if out is not None:
+                return out
+        X = self._check_X(X)
+        out = self._get_plan().run(X)
+        if out is None:  # pragma: no cover - _check_X rejects NaN and inf
+            raise ValueError("Input X contains NaN or infinity.")
+        return out
 
     def _check_Xy_more(self, X, y):
         """Validate X, y for fine-tuning an already fitted model."""
@@ -861,6 +919,11 @@ class _BaseMLP(BaseEstimator):
                     n_features_in=int(self.n_features_in_), out_activation=self.out_activation_,
                     n_layers=len(self.layers_), y_ndim=int(getattr(self, "_y_ndim", 1)),
                     n_iter=int(getattr(self, "n_iter_", 0)))
+        plan = _PLANS.get(self)
+        if plan is not None and plan.matches(self.layers_):
+            frozen = plan.to_dict()
+            if frozen["model"] or frozen["layers"]:
+                meta["plan"] = frozen
         arrays = {"meta": np.array(json.dumps(meta))}
         if hasattr(self, "classes_"):
             classes = np.asarray(self.classes_)
@@ -1033,11 +1096,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         kernels ``sparseprune.kernels.spmm.spmm_forward`` / ``spmv`` when the
         dispatcher picks the sparse path.
         """
-        X = self._check_X(X)
-        P = _ACT[self.out_activation_](np.array(self._forward(X), copy=True))
-        if P.shape[1] == 1:
-            P = np.hstack([1 - P, P])
-        return P
+        return self._serve(X)
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Log of :meth:`predict_proba`."""
@@ -1045,9 +1104,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict(self, X) -> np.ndarray:
         """Predicted class labels (forward pass as in :meth:`predict_proba`)."""
-        X = self._check_X(X)
-        P = _ACT[self.out_activation_](np.array(self._forward(X), copy=True))
-        return self._labels(P)
+        P = self._serve(X)
+        if P.shape[1] == 2 and self.out_activation_ == "logistic":
+            return self.classes_[(P[:, 1] > 0.5).astype(int)]
+        return self.classes_[np.argmax(P, axis=1)]
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
@@ -1087,9 +1147,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         Each layer runs through :func:`sparseprune.linear` or a cached
         :class:`sparseprune.SparseLinear` (kernels ``sparseprune.kernels.spmm``).
         """
-        X = self._check_X(X)
         # float64 like scikit-learn's regressors, whatever precision the layers run in.
-        out = np.asarray(self._forward(X), dtype=np.float64)
+        out = np.asarray(self._serve(X), dtype=np.float64)
         return out[:, 0].copy() if getattr(self, "_y_ndim", 1) == 1 else out
 
 
@@ -1222,4 +1281,28 @@ def load(path):
         if out_act != "identity" or (y_ndim == 1 and prev != 1):
             raise _bad(path, "a regressor needs an identity output (one unit for 1-D y).")
         model._y_ndim = y_ndim
+    if "plan" in meta:
+        model._get_plan().load_dict(_check_plan_meta(path, meta["plan"], layers))
     return model
+
+
+def _check_plan_meta(path, plan, layers) -> dict:
+    """The frozen plan choices of a saved model, checked entry by entry (see ``ModelPlan.to_dict``)."""
+    def keys_ok(d, paths):
+        if not isinstance(d, dict):
+            return False
+        for key, value in d.items():
+            parts = key.split(":") if isinstance(key, str) else []
+            if (len(parts) != 2 or not all(p.isdigit() and 0 < int(p) < 1 << 31 for p in parts)
+                    or value not in paths):
+                return False
+        return True
+
+    if not isinstance(plan, dict) or set(plan) != {"model", "layers"} or not keys_ok(plan["model"], ("fused", "layers")):
+        raise _bad(path, "'plan' must map 'bucket:threads' keys to 'fused' or 'layers'.")
+    per_layer = plan["layers"]
+    if not isinstance(per_layer, dict) or not all(
+            isinstance(i, str) and i.isdigit() and int(i) < len(layers) and layers[int(i)].is_sparse
+            and keys_ok(d, ("dense", "sparse")) for i, d in per_layer.items()):
+        raise _bad(path, "'plan' layer entries must name CSR layers and map 'bucket:threads' to 'dense' or 'sparse'.")
+    return plan

@@ -38,14 +38,17 @@ window for programs that alternate large dense and sparse products.
 from __future__ import annotations
 
 import math
+import os
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 
 import numba
 import numpy as np
 import scipy.sparse as sp
 
 from sparseprune import _calibration as _cal
+from sparseprune._dispatch import Choice, bucket_of
 from sparseprune._threading import _num_threads_now, run_parallel, single_thread_blas, thread_limit
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
 from sparseprune.kernels import spmm as _k
@@ -234,6 +237,9 @@ class Decision:
     predicted_sparse_s: float
     calibration: str
     reason: str
+    #: Best measured time of a call of this batch size on each path (NaN: not measured).
+    measured_dense_s: float = math.nan
+    measured_sparse_s: float = math.nan
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -247,6 +253,32 @@ def _goes_parallel(nnz: int, batch: int, n_threads: int) -> bool:
     if n_threads < 2 or batch == 0:
         return False
     return nnz >= SERIAL_WORK_SPMV if batch == 1 else nnz * batch >= SERIAL_WORK
+
+
+def _forced_method() -> str | None:
+    """``SPARSEPRUNE_METHOD`` ("dense" or "sparse") when set: it forces every automatic choice."""
+    m = os.environ.get("SPARSEPRUNE_METHOD", "").strip().lower()
+    return m if m in ("dense", "sparse") else None
+
+
+def _new_choice(prior: Decision) -> Choice:
+    """The measuring dispatcher's candidates for one layer and batch bucket, from the cost model's prior.
+
+    A path predicted ``HOPELESS`` times slower than the other is not
+    measured; otherwise both are, the predicted faster one first.
+    """
+    forced = _forced_method()
+    if forced is not None:
+        return Choice((forced,), f"SPARSEPRUNE_METHOD={forced} forces the path.")
+    td, ts = prior.predicted_dense_s, prior.predicted_sparse_s
+    if not (td > 0 and ts > 0):
+        return Choice(("sparse",), prior.reason)
+    if ts * _cal.HOPELESS <= td:
+        return Choice(("sparse",), f"the cost model predicts sparse {td / ts:.1f}x faster: dense not measured.")
+    if td * _cal.HOPELESS <= ts:
+        return Choice(("dense",), f"the cost model predicts dense {ts / td:.1f}x faster: sparse not measured.")
+    order = ("sparse", "dense") if ts < td else ("dense", "sparse")
+    return Choice(order, f"the cost model predicts sparse at {ts / td:.2f}x the dense time: both measured.")
 
 
 def _kernel_name(batch: int, nnz: int) -> str:
@@ -659,6 +691,7 @@ class SparseLinear:
         self._row_starts: dict[int, np.ndarray] = {}
         self._decisions: dict[tuple, Decision] = {}
         self._step_cache: dict[tuple, tuple] = {}
+        self._choices: dict[tuple, Choice] = {}
         #: Path of the latest call ("dense" or "sparse").
         self.last_path: str | None = None
         self._lock = threading.Lock()
@@ -712,6 +745,7 @@ class SparseLinear:
         return s
 
     def _decision(self, batch: int, method: str, n_threads: int | None = None) -> Decision:
+        """The cost model's verdict (the prior of the measuring dispatcher), cached per key."""
         if n_threads is None:
             n_threads = numba.get_num_threads()
         key = (batch, method, n_threads, _cal.generation)
@@ -725,18 +759,64 @@ class SparseLinear:
             self._decisions[key] = d
         return d
 
+    def _choice_for(self, bucket: int, n_threads: int) -> Choice:
+        """The measuring dispatcher's state for a batch bucket and thread count (made on first use)."""
+        key = (bucket, n_threads)
+        ch = self._choices.get(key)
+        if ch is None:
+            with self._lock:
+                ch = self._choices.get(key)
+                if ch is None:
+                    ch = self._choices[key] = _new_choice(self._decision(bucket, "auto", n_threads))
+        return ch
+
     def explain(self, X, method: str = "auto") -> Decision:
-        """The :class:`Decision` for inputs ``X`` (an array, or just its batch size as an int)."""
-        return self._decision(_batch_of(X), method)
+        """The :class:`Decision` for inputs ``X`` (an array, or just its batch size as an int).
+
+        With ``method="auto"`` it says what the measuring dispatcher does for
+        this batch size now: the cost model's prior, and what the first calls
+        of this layer measured.
+        """
+        batch = _batch_of(X)
+        method = _check_method(method)
+        d = self._decision(batch, method)
+        if method != "auto" or batch == 0 or self.shape[0] == 0:
+            return d
+        forced = _forced_method()
+        if forced is not None:
+            return replace(d, path=forced, reason=f"SPARSEPRUNE_METHOD={forced} forces the path.")
+        ch = self._choice_for(bucket_of(batch), numba.get_num_threads())
+        path = ch.chosen or ch.next()
+        m = ch.measured
+        kernel = "numpy matmul (BLAS)" if path == "dense" else _kernel_name(batch, self.nnz)
+        return replace(d, path=path, kernel=kernel, measured_dense_s=m.get("dense", math.nan) * batch,
+                       measured_sparse_s=m.get("sparse", math.nan) * batch,
+                       reason=f"{ch.describe()} (cost model: {d.reason})")
+
+    def freeze(self) -> "SparseLinear":
+        """Fix every dense/sparse choice measured so far; later calls neither measure nor re-check."""
+        for ch in list(self._choices.values()):
+            ch.freeze()
+        return self
+
+    def _frozen_choices(self) -> dict:
+        return {f"{b}:{t}": ch.chosen for (b, t), ch in self._choices.items() if ch.frozen and ch.chosen}
+
+    def _load_frozen(self, d: dict) -> None:
+        for key, path in d.items():
+            b, t = (int(v) for v in key.split(":"))
+            self._choices[(b, t)] = Choice((path,), "frozen with the saved model.", chosen=path, frozen=True)
 
     def __call__(self, X, method: str = "auto", *, among_sparse: bool = False) -> np.ndarray:
         """``act(X @ W.T + bias)`` of shape (batch, out), C-contiguous, W's dtype.
 
         ``method`` forces ``"dense"`` (BLAS) or ``"sparse"`` (the numba kernel);
-        ``"auto"`` asks the calibrated dispatcher. ``among_sparse=True`` says
-        that other layers of the same model run the sparse kernels: a short
-        dense fallback (predicted under ``SMALL_DENSE_S``) then runs BLAS on one
-        thread, so BLAS's idle workers do not spin against those kernels.
+        ``"auto"`` asks the measuring dispatcher (the environment variable
+        ``SPARSEPRUNE_METHOD=dense|sparse`` forces it too). ``among_sparse=True``
+        says that other layers of the same model run the sparse kernels: a
+        short dense fallback (predicted under ``SMALL_DENSE_S``) then runs
+        BLAS on one thread, so BLAS's idle workers do not spin against those
+        kernels.
         """
         if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype == self.dtype and X.shape[1] == self.shape[1]
                 and (X.flags.c_contiguous or X.flags.f_contiguous)):
@@ -744,10 +824,21 @@ class SparseLinear:
             # _threading._num_threads_now for what a few microseconds there cost a BLAS call).
             X = _check_input(X, self.shape[1], self.dtype)
         n_threads = _num_threads_now()
-        d = self._decision(X.shape[0], method, n_threads)
-        self.last_path = d.path
-        if d.path == "dense":
-            one_thread = among_sparse and d.predicted_dense_s < SMALL_DENSE_S
+        batch = X.shape[0]
+        if method == "auto" and batch and self.shape[0]:
+            ch = self._choice_for(bucket_of(batch), n_threads)
+            path = ch.next()
+            t0 = time.perf_counter()
+            Y = self._run(path, X, n_threads, among_sparse)
+            ch.record(path, time.perf_counter() - t0, batch)
+            return Y
+        path = self._decision(batch, method, n_threads).path
+        return self._run(path, X, n_threads, among_sparse)
+
+    def _run(self, path: str, X, n_threads: int, among_sparse: bool) -> np.ndarray:
+        self.last_path = path
+        if path == "dense":
+            one_thread = among_sparse and self._decision(X.shape[0], "auto", n_threads).predicted_dense_s < SMALL_DENSE_S
             return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, one_thread)
         return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
                                self.shape[0], self._parts, self._tiled, self._spmv_cols, self._steps, n_threads)
@@ -757,7 +848,8 @@ class SparseLinear:
     def _runs_parallel(self, batch: int, n_threads: int) -> bool:
         """Whether a call at ``batch`` takes the sparse path on more than one thread."""
         # The cheap test first: this runs for every layer of every MLP forward pass.
-        return _goes_parallel(self.nnz, batch, n_threads) and self._decision(batch, "auto").path == "sparse"
+        return (_goes_parallel(self.nnz, batch, n_threads)
+                and self._choice_for(bucket_of(batch), n_threads).next() == "sparse")
 
     def __repr__(self) -> str:
         return (f"SparseLinear(shape={self.shape}, dtype={self.dtype}, nnz={self.nnz}, "
@@ -816,6 +908,10 @@ def linear(X, W, bias=None, activation=None, *, method: str = "auto") -> np.ndar
     _check_weights_type(W)
     act = _check_activation(activation)
     if _is_csr(W):
+        if method != "dense" and type(X) is np.ndarray and X.ndim == 2 and X.shape[0] == 1:
+            Y = _one_off_spmv(X, W, bias, act)
+            if Y is not None:
+                return Y
         data, indices, indptr = _csr_arrays(W, copy=False)
         shape = W.shape
         b = _check_bias(bias, shape[0], data.dtype)
@@ -833,6 +929,42 @@ def linear(X, W, bias=None, activation=None, *, method: str = "auto") -> np.ndar
     if method == "sparse":
         return SparseLinear(Wd, b if bias is not None else None, activation)(X, method="sparse")
     return _dense_forward(X, Wd, b, bias is not None, act)
+
+
+def _one_off_spmv(X, W, bias, act: int):
+    """``linear(X, W_csr)`` for one input row with O(1) checks, or None to take the validated path.
+
+    The per-call cost of a one-off matrix-vector product is what decides it
+    against scipy's ``W @ x``: here it is O(1) Python on a matrix scipy marks
+    canonical (``has_canonical_format``, computed once by scipy and cached on
+    the matrix), and the index bounds are checked inside the kernel
+    (:func:`sparseprune.kernels.spmm.spmv_checked_serial`), not in a pass of
+    their own. The sparse path is taken whatever the density: the dense one
+    would first expand W, which costs more than the sparse product. Anything
+    unusual (other dtypes or index types, a non-canonical matrix, NaN or inf
+    in X, a corrupt matrix) returns None, and the fully validated path then
+    runs or raises its error.
+    """
+    data, indices, indptr = W.data, W.indices, W.indptr
+    n_out, n_in = W.shape
+    if not (X.shape[1] == n_in and n_in > 0 and X.dtype == data.dtype and data.dtype in FLOAT_DTYPES
+            and indices.dtype == indptr.dtype and indices.dtype in _INDEX_DTYPES and indptr.ndim == 1
+            and indptr.size == n_out + 1 and indptr[0] == 0 and indptr[-1] <= min(data.size, indices.size)
+            and W.has_canonical_format):
+        return None
+    x = X[0]
+    if not x.flags.c_contiguous:
+        return None
+    b = _check_bias(bias, n_out, data.dtype)
+    n_threads = _num_threads_now()
+    if _goes_parallel(int(indptr[-1]), 1, n_threads):
+        y, status = run_parallel(_k.spmv_checked_par, data, indices, indptr, n_in, x, b, act, n_threads)
+    else:
+        y, status = _k.spmv_checked_serial(data, indices, indptr, n_in, x, b, act, 1)
+    return y.reshape(1, n_out) if status == 0 else None
+
+
+_INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
 def _once(make):

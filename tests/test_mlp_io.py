@@ -48,7 +48,9 @@ def test_save_load_roundtrip_classifier(fitted, data, tmp_path, pruned):
     loaded, _ = roundtrip(m, tmp_path)
     assert type(loaded) is MLPClassifier
     assert loaded.get_params() == m.get_params()
-    np.testing.assert_array_equal(loaded.predict_proba(X), m.predict_proba(X))
+    # Equal to rounding: each model measures for itself whether a layer runs dense BLAS or the
+    # sparse kernel, and the two sum in different orders (the weights are compared exactly below).
+    np.testing.assert_allclose(loaded.predict_proba(X), m.predict_proba(X), rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(loaded.classes_, m.classes_)
     for a, b in zip(loaded.layers_, m.layers_):
         assert a.is_sparse == b.is_sparse == pruned

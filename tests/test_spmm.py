@@ -246,6 +246,7 @@ def test_prepared_layer_snapshots_weights():
 @pytest.mark.parametrize("method", ["sparse", "auto"])
 @pytest.mark.parametrize("batch", [1, 20, 70, 150])
 @pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # dense BLAS on NaN, on purpose
 def test_nonfinite_inputs_propagate_like_dense(method, batch, parallel, monkeypatch):
     if parallel:  # flags from blocks and rows checked by different threads must all arrive
         monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
@@ -295,6 +296,44 @@ def test_dtype_mismatch_says_what_to_cast():
         sparseprune.linear(np.ones((3, 5)), sp.csr_array(np.ones((4, 5), np.int32)))
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("dtype, index", [(np.float32, np.int32), (np.float64, np.int64)])
+def test_one_off_matrix_vector_checks_inside_the_kernel(monkeypatch, parallel, dtype, index):
+    # linear(x, W_csr) at batch 1 trusts scipy's cached canonical flag and checks the
+    # index bounds inside the kernel: a matrix corrupted after scipy cached the flag
+    # must still give a clear error, never a wrong answer or a crash.
+    if parallel:
+        monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+    rng = np.random.default_rng(12)
+    W = random_csr(rng, 90, 70, 0.2, dtype)
+    W.indices, W.indptr = W.indices.astype(index), W.indptr.astype(index)
+    b = rng.standard_normal(90).astype(dtype)
+    x = rng.standard_normal((1, 70)).astype(dtype)
+    assert W.has_canonical_format  # scipy computes and caches the flag
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for act in ACTS:
+        np.testing.assert_allclose(sparseprune.linear(x, W, b, act), ref_linear(x, W.toarray(), b, act),
+                                   rtol=tol, atol=tol)
+    for bad in (70, 10**6, -1):
+        C = W.copy()
+        assert C.has_canonical_format
+        C.indices[5] = bad
+        with pytest.raises(ValueError, match="outside"):
+            sparseprune.linear(x, C)
+    C = W.copy()
+    assert C.has_canonical_format
+    C.indptr[40] = C.indptr[42] + 3  # decreasing
+    with pytest.raises(ValueError, match="malformed"):
+        sparseprune.linear(x, C)
+    # NaN and inf in x propagate as in the dense product (through the validated path).
+    x2 = x.copy()
+    x2[0, 3] = np.inf
+    with np.errstate(invalid="ignore"):  # the dense reference (and a dense path) warn on inf * 0
+        want = x2.astype(np.float64) @ W.toarray().astype(np.float64).T
+        got = sparseprune.linear(x2, W)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
 def test_out_of_range_and_malformed_csr_rejected_before_kernels():
     data = np.ones(2, np.float32)
     X = np.ones((2, 3), np.float32)
@@ -336,36 +375,99 @@ def _table(dense_cost, sparse_cost):
             "sparse_per_nnz": {str(b): sparse_cost * b for b in batches}}
 
 
-def test_dispatcher_follows_the_calibration_table():
+def test_cost_model_follows_the_calibration_table():
+    # The cost model's verdict (the measuring dispatcher's prior), asked directly.
     rng = np.random.default_rng(5)
     W = random_csr(rng, 64, 64, 0.25)
     layer = sparseprune.SparseLinear(W)
-    X = rng.standard_normal((16, 64)).astype(np.float32)
+
+    def prior(batch, weights="prepared"):
+        return spmm_mod._decide(batch, (64, 64), W.nnz, method="auto", weights=weights)
+
     # sparse nonzero = 2 dense multiply-adds: at 25% density sparse costs 0.5x dense -> sparse.
     sparseprune.set_calibration(_table(1e-9, 2e-9))
-    d = sparseprune.explain(X, layer)
+    d = prior(16)
     assert d.path == "sparse" and "spmm" in d.kernel and "0.50x" in d.reason
     # sparse nonzero = 4 dense multiply-adds: 1.0x > 0.85 safety threshold -> dense.
     sparseprune.set_calibration(_table(1e-9, 4e-9))
-    d = sparseprune.explain(16, layer)
+    d = prior(16)
     assert d.path == "dense" and "safety" in d.reason and d.kernel.startswith("numpy")
-    np.testing.assert_allclose(layer(X), ref_linear(X, W.toarray()), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer(X := rng.standard_normal((16, 64)).astype(np.float32)),
+                               ref_linear(X, W.toarray()), rtol=1e-5, atol=1e-5)
     # Batch 1 picks the SpMV kernel.
     sparseprune.set_calibration(_table(1e-9, 1e-9))
     assert "spmv" in sparseprune.explain(1, W).kernel
     # Bare csr: the dense side pays for expanding W, so sparse wins more often.
     sparseprune.set_calibration(_table(1e-9, 3.55e-9))
-    assert sparseprune.explain(16, layer).path == "dense"
-    assert sparseprune.explain(16, W).path == "sparse"
+    assert prior(16).path == "dense"
+    assert prior(16, "csr").path == "sparse"
     # Fixed costs per input column and per output row count on the sparse side:
     # per unit x batch: 64 x 64 dense = 4096 x 1e-9; sparse 1024 nnz x 2e-9 plus 64 rows x 2e-8 -> 0.81x.
     table = _table(1e-9, 2e-9)
     table["out_per_row"] = {str(b): 2e-8 * b for b in cal.BATCHES}
     sparseprune.set_calibration(table)
-    assert "0.81x" in sparseprune.explain(16, layer).reason
+    assert "0.81x" in prior(16).reason
     table["pack_per_col"] = {str(b): 1e-8 * b for b in cal.BATCHES}
     sparseprune.set_calibration(table)
-    assert sparseprune.explain(16, layer).path == "dense"  # plus 64 columns x 1e-8: 0.97x
+    assert prior(16).path == "dense"  # plus 64 columns x 1e-8: 0.97x
+
+
+def test_cost_model_only_rules_out_hopeless_candidates():
+    rng = np.random.default_rng(5)
+    W = random_csr(rng, 64, 64, 0.25)
+    # sparse predicted 0.5x dense: both measured, sparse first.
+    sparseprune.set_calibration(_table(1e-9, 2e-9))
+    assert sparseprune.SparseLinear(W)._choice_for(16, 2).candidates == ("sparse", "dense")
+    # sparse predicted 8x faster: dense never measured.
+    sparseprune.set_calibration(_table(1e-9, 0.5e-9))
+    ch = sparseprune.SparseLinear(W)._choice_for(16, 2)
+    assert ch.candidates == ("sparse",) and ch.chosen == "sparse"
+    # sparse predicted 8x slower: sparse never measured.
+    sparseprune.set_calibration(_table(1e-9, 32e-9))
+    ch = sparseprune.SparseLinear(W)._choice_for(16, 2)
+    assert ch.candidates == ("dense",) and ch.chosen == "dense"
+
+
+def test_measuring_dispatcher_settles_and_every_call_is_right():
+    rng = np.random.default_rng(8)
+    W = random_csr(rng, 300, 200, 0.1)
+    b = rng.standard_normal(300).astype(np.float32)
+    layer = sparseprune.SparseLinear(W, b, "relu")
+    ch = layer._choice_for(16, sparseprune.get_num_threads())
+    assert set(ch.candidates) == {"dense", "sparse"}  # the built-in table measures both here
+    X = rng.standard_normal((16, 200)).astype(np.float32)
+    ref = ref_linear(X, W.toarray(), b, "relu")
+    paths = []
+    for _ in range(40):
+        np.testing.assert_allclose(layer(X), ref, rtol=1e-4, atol=1e-4)
+        paths.append(layer.last_path)
+    assert {"dense", "sparse"} <= set(paths[:8])  # both were run while measuring
+    assert ch.chosen in ("dense", "sparse") and ch.state() == "measured"
+    assert set(paths[-10:]) == {ch.chosen}  # then the winner only
+    assert len(ch.measured) == 2
+    d = layer.explain(X)
+    assert d.path == ch.chosen and "measured" in d.reason
+    assert d.measured_dense_s > 0 and d.measured_sparse_s > 0
+    # Other batch sizes in the same bucket share the measurement; other buckets have their own.
+    assert layer._choice_for(16, sparseprune.get_num_threads()) is layer._choice_for(
+        spmm_mod.bucket_of(31), sparseprune.get_num_threads())
+    assert layer._choice_for(spmm_mod.bucket_of(32), sparseprune.get_num_threads()) is not ch
+    # Frozen: no more measuring or re-checking.
+    layer.freeze()
+    assert ch.frozen and layer._frozen_choices()[f"16:{sparseprune.get_num_threads()}"] == ch.chosen
+
+
+@pytest.mark.parametrize("forced", ["dense", "sparse"])
+def test_environment_variable_forces_the_path(monkeypatch, forced):
+    monkeypatch.setenv("SPARSEPRUNE_METHOD", forced)
+    rng = np.random.default_rng(9)
+    W = random_csr(rng, 50, 40, 0.2)
+    layer = sparseprune.SparseLinear(W)
+    X = rng.standard_normal((8, 40)).astype(np.float32)
+    for _ in range(10):
+        np.testing.assert_allclose(layer(X), ref_linear(X, W.toarray()), rtol=1e-5, atol=1e-5)
+        assert layer.last_path == forced
+    assert layer.explain(X).path == forced
 
 
 def test_dense_array_weights_stay_dense_and_forced_methods():
@@ -386,11 +488,14 @@ def test_injected_table_is_validated():
 
 
 # ---------------------------------------------------------------- calibration
-def test_default_table_on_ci_and_cache_dir(monkeypatch, tmp_path):
+def test_default_table_without_calibrate_and_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("SPARSEPRUNE_CALIBRATION")
-    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     table = cal.get_table(2)
     assert table["source"] == "default"
+    X = np.ones((4, 8), np.float32)
+    sparseprune.SparseLinear(sp.csr_array(np.eye(8, dtype=np.float32)))(X)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "home").exists()  # nothing written unasked
     assert cal.cache_file() == tmp_path / "cache" / "calibration.json"
     monkeypatch.delenv("SPARSEPRUNE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -409,12 +514,14 @@ def test_calibrate_measures_caches_and_reloads(monkeypatch):
     stored = json.loads(cal.cache_file().read_text())
     assert table in stored.values()
     cal.forget()
-    assert cal.get_table(sparseprune.get_num_threads()) == table  # read back from disk, no re-measuring
-    assert sparseprune.calibrate() == table  # cached: not re-measured
-    # A corrupt cache file is ignored, never fatal.
+    # The dispatcher never reads the disk cache unasked: the built-in table until calibrate() is called.
+    assert cal.get_table(sparseprune.get_num_threads())["source"] == "default"
+    assert sparseprune.calibrate() == table  # read back from the cache: not re-measured
+    assert cal.get_table(sparseprune.get_num_threads()) == table
+    # A corrupt cache file is ignored, never fatal: calibrate() measures again.
     cal.cache_file().write_text("{not json")
     cal.forget()
-    assert cal.get_table(sparseprune.get_num_threads())["source"] == "default"
+    assert sparseprune.calibrate()["source"].startswith("measured")
 
 
 def test_interpolation_between_batches():

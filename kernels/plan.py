@@ -1,0 +1,137 @@
+"""A whole feed-forward network in one compiled call (the small-batch path of a model's plan).
+
+Every layer of the network is stored in flat arrays, so one kernel can run
+them all with no Python between layers:
+
+- ``kinds[l]``: 0 = dense (``wd[wd_off[l]:]`` holds its ``out x in`` weights,
+  row-major), 1 = sparse (CSR: ``indptr[ptr_off[l]:ptr_off[l] + out + 1]``
+  holds absolute positions into ``data`` / ``indices``).
+- ``n_outs[l]``, ``acts[l]`` (``kernels.spmm.ACTIVATIONS`` codes) and
+  ``bias[b_off[l]:b_off[l] + out]``.
+- ``out_mode``: what follows the last layer: 0 nothing, 1 softmax, 2 a binary
+  logistic output written as two columns ``(1 - p, p)``.
+
+Rows are independent, so each input row runs through all layers with its
+activations in two small work vectors that stay in L1; a row's inputs are
+read once. The dense layers are dot products over contiguous weight rows
+(vectorised), the sparse ones gather dot products with four add chains.
+The parallel variant splits the batch into contiguous row ranges, one per
+``prange`` iteration, each with its own work vectors.
+
+The kernel also reports whether ``X`` held a NaN or inf (``x * 0`` summed:
+0 for finite values), so the caller validates finiteness without a second
+pass over ``X``.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from sparseprune.kernels._jit import jit, jit_variants
+from sparseprune.kernels.spmm import _activate
+
+#: Output modes after the last layer.
+OUT_NONE, OUT_SOFTMAX, OUT_BINARY = 0, 1, 2
+
+@jit
+def _dense_layer(wd, base, n_out, n_in, bias, bo, act, h, g):
+    """``g[i] = act(W[i] . h + bias[bo + i])``, W's rows stored flat from ``wd[base]``: one dense layer, one row."""
+    zero = wd.dtype.type(0)
+    x = h[:n_in]
+    for i in range(n_out):
+        # A view per weight row: indexing wd[base + i * n_in + j] directly
+        # measured 4-5x slower (LLVM then does not vectorise the dot product).
+        w = wd[base + i * n_in: base + (i + 1) * n_in]
+        s = zero
+        for j in range(n_in):
+            s += w[j] * x[j]
+        g[i] = _activate(s + bias[bo + i], act, zero)
+
+
+@jit
+def _sparse_layer(data, indices, indptr, po, n_out, bias, bo, act, h, g):
+    """``g[i] = act(sum_p data[p] * h[indices[p]] + bias[bo + i])`` over row i's CSR range."""
+    zero = data.dtype.type(0)
+    for i in range(n_out):
+        p0 = indptr[po + i]
+        p1 = indptr[po + i + 1]
+        # Views and one plain loop: LLVM vectorises it with gathers
+        # (measured 1.6x faster than four hand-interleaved add chains here).
+        d = data[p0:p1]
+        c = indices[p0:p1]
+        s = zero
+        for k in range(d.size):
+            s += d[k] * h[c[k]]
+        g[i] = _activate(s + bias[bo + i], act, zero)
+
+
+@jit
+def _output(h, n, out_mode, Y, r):
+    """Write row ``r`` of ``Y`` from the last layer's ``h[:n]`` and the output mode."""
+    zero = h.dtype.type(0)
+    if out_mode == 1:
+        m = h[0]
+        for i in range(1, n):
+            if h[i] > m or m != m:
+                m = h[i]
+        t = zero
+        for i in range(n):
+            e = np.exp(h[i] - m)
+            Y[r, i] = e
+            t += e
+        for i in range(n):
+            Y[r, i] /= t
+    elif out_mode == 2:
+        p1 = 1.0 / (1.0 + np.exp(-h[0]))
+        Y[r, 0] = 1.0 - p1
+        Y[r, 1] = p1
+    else:
+        for i in range(n):
+            Y[r, i] = h[i]
+
+
+@jit
+def _forward_rows(X, r0, r1, kinds, n_outs, acts, wd_off, wd, data, indices, ptr_off, indptr, b_off, bias,
+                  out_mode, max_width, Y):
+    zero = wd.dtype.type(0)
+    # Two work vectors; layer l reads buf[l % 2] and writes buf[1 - l % 2].
+    buf = np.empty((2, max_width), wd.dtype)
+    a = buf[0]
+    b = buf[1]
+    n_in0 = X.shape[1]
+    probe = zero
+    for r in range(r0, r1):
+        for j in range(n_in0):
+            v = X[r, j]
+            a[j] = v
+            probe += v * zero  # NaN iff some input is NaN or inf
+        n_in = n_in0
+        for layer in range(kinds.size):
+            n_out = n_outs[layer]
+            src, dst = (a, b) if layer % 2 == 0 else (b, a)
+            if kinds[layer] == 0:
+                _dense_layer(wd, wd_off[layer], n_out, n_in, bias, b_off[layer], acts[layer], src, dst)
+            else:
+                _sparse_layer(data, indices, indptr, ptr_off[layer], n_out, bias, b_off[layer], acts[layer],
+                              src, dst)
+            n_in = n_out
+        _output(a if kinds.size % 2 == 0 else b, n_in, out_mode, Y, r)
+    return probe != probe
+
+
+def _forward(X, kinds, n_outs, acts, wd_off, wd, data, indices, ptr_off, indptr, b_off, bias, out_mode,
+             max_width, Y, n_parts):
+    """``Y = out(layers(X))``; True when ``X`` holds a NaN or inf (``Y`` is then not to be used)."""
+    n = X.shape[0]
+    bad = np.zeros(n_parts, np.bool_)
+    for t in numba.prange(n_parts):
+        r0 = n * t // n_parts
+        r1 = n * (t + 1) // n_parts
+        bad[t] = _forward_rows(X, r0, r1, kinds, n_outs, acts, wd_off, wd, data, indices, ptr_off, indptr,
+                               b_off, bias, out_mode, max_width, Y)
+    return bad.any()
+
+
+#: ``forward_serial`` runs on the calling thread (``n_parts`` should be 1);
+#: ``forward_parallel`` gives each of ``n_parts`` row ranges to numba's threads.
+forward_serial, forward_parallel = jit_variants(_forward)

@@ -1,0 +1,157 @@
+"""The measuring dispatcher: pick between candidate paths by timing them on the real calls.
+
+Like cuDNN's benchmark mode or an FFTW ``MEASURE`` plan, the choice between
+candidate implementations of one computation (dense BLAS or the sparse kernel
+for a layer; the fused whole-network kernel or layer-by-layer calls for a
+model) is measured on the real weights and the real inputs, per batch-size
+bucket and thread count, instead of being predicted from a one-shape
+micro-benchmark. A cost model may only rule out hopeless candidates first.
+
+How a :class:`Choice` measures, cheaply and robustly:
+
+- The measuring is done by the caller's own calls: each of the first calls
+  runs one candidate (round robin) and its result is returned as usual, so
+  nothing is computed twice. The first call of each candidate is not timed
+  (it pays compilation, page faults, a dense copy of the weights, cold
+  caches); then ``SAMPLES`` calls of each are timed, per input row.
+- The winner is the candidate with the lowest *minimum* time (the minimum is
+  the sample least disturbed by the rest of the machine). When the two best
+  minima are within ``CLOSE`` of each other, ``SAMPLES`` more of each are
+  taken (at most ``MAX_ROUNDS`` rounds), so one noisy sample never decides.
+- After the choice, each call's time is compared with the winner's measured
+  minimum; ``DRIFT_CALLS`` calls in a row slower than ``DRIFT`` times it (a
+  sustained change, not an outlier) start a new measurement.
+- A frozen choice (``freeze``, or loaded with a model) never changes.
+
+Everything is in memory: nothing is written to disk unless the user saves a
+model with its frozen plan. All state changes happen under a lock, so any
+number of threads may call at once.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+__all__ = ["Choice", "bucket_of"]
+
+#: Timed calls per candidate and round (after one untimed warm-up call).
+SAMPLES = 3
+#: Two candidates whose best times are within this fraction are measured again.
+CLOSE = 0.05
+#: Most measuring rounds before the lower minimum wins anyway.
+MAX_ROUNDS = 3
+#: A call slower than DRIFT x the winner's minimum counts towards re-measuring...
+DRIFT = 2.0
+#: ... once this many calls in a row were.
+DRIFT_CALLS = 32
+
+
+def bucket_of(batch: int) -> int:
+    """The batch-size bucket a measurement is kept for: 1, then one per power of two (2-3, 4-7, ...)."""
+    return 1 if batch <= 1 else 1 << (int(batch).bit_length() - 1)
+
+
+class Choice:
+    """Which of ``candidates`` runs one computation at one batch bucket, measured on the real calls.
+
+    Parameters
+    ----------
+    candidates : tuple of str
+        The paths still in the running after the cost model; a single
+        candidate is chosen at once, without measuring.
+    reason : str
+        Why these candidates (the cost model's verdict), for ``explain``.
+    """
+
+    __slots__ = ("candidates", "chosen", "frozen", "reason", "_seen", "_times", "_rounds", "_best", "_slow",
+                 "_lock", "n_remeasured")
+
+    def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False):
+        self.candidates = tuple(candidates)
+        self.reason = reason
+        self.frozen = frozen
+        self.chosen = chosen if chosen is not None else (self.candidates[0] if len(self.candidates) == 1 else None)
+        self._lock = threading.Lock()
+        self._reset()
+        self.n_remeasured = 0
+
+    def _reset(self) -> None:
+        self._seen = {c: 0 for c in self.candidates}
+        self._times = {c: [] for c in self.candidates}
+        self._rounds = 1
+        self._best = math.inf
+        self._slow = 0
+
+    # -- the per-call protocol ------------------------------------------------
+    def next(self) -> str:
+        """The candidate to run for this call."""
+        c = self.chosen
+        if c is not None:
+            return c
+        seen = self._seen
+        return min(self.candidates, key=seen.__getitem__)
+
+    def record(self, candidate: str, seconds: float, rows: int) -> None:
+        """Report that ``candidate`` took ``seconds`` for ``rows`` input rows."""
+        per_row = seconds / max(rows, 1)
+        if self.chosen is not None:
+            if self.frozen or len(self.candidates) == 1 or candidate != self.chosen:
+                return
+            if per_row > DRIFT * self._best:
+                self._slow += 1
+                if self._slow >= DRIFT_CALLS:
+                    with self._lock:
+                        if self.chosen is not None and not self.frozen:
+                            self.chosen = None
+                            self.n_remeasured += 1
+                            self._reset()
+            else:
+                self._slow = 0
+            return
+        with self._lock:
+            if self.chosen is not None or candidate not in self._seen:
+                return
+            self._seen[candidate] += 1
+            if self._seen[candidate] > 1:  # the first call of each candidate is a warm-up
+                self._times[candidate].append(per_row)
+            want = SAMPLES * self._rounds
+            if any(len(t) < want for t in self._times.values()):
+                return
+            best = sorted((min(t), c) for c, t in self._times.items())
+            (t0, c0), (t1, _) = best[0], best[1]
+            if t1 <= t0 * (1 + CLOSE) and self._rounds < MAX_ROUNDS:
+                self._rounds += 1
+                return
+            self.chosen = c0
+            self._best = t0
+
+    # -- inspection and freezing ----------------------------------------------
+    @property
+    def measured(self) -> dict:
+        """Best time per input row of each candidate measured so far (seconds)."""
+        return {c: min(t) for c, t in self._times.items() if t}
+
+    def freeze(self, path: str | None = None) -> None:
+        """Fix the choice (to ``path``, or to the current winner; the cost model's first pick if none yet)."""
+        with self._lock:
+            if path is not None:
+                self.chosen = path
+            elif self.chosen is None:
+                m = self.measured
+                self.chosen = min(m, key=m.get) if m else self.candidates[0]
+            self.frozen = True
+
+    def state(self) -> str:
+        if self.chosen is None:
+            done = sum(len(t) for t in self._times.values())
+            return f"measuring ({done} of {SAMPLES * self._rounds * len(self.candidates)} timed calls so far)"
+        if len(self.candidates) == 1 and not self._times[self.chosen]:
+            return "the only candidate"
+        return "frozen" if self.frozen else "measured"
+
+    def describe(self) -> str:
+        m = self.measured
+        times = ", ".join(f"{c} {t * 1e6:.3g} us/row" for c, t in sorted(m.items(), key=lambda kv: kv[1]))
+        s = f"{self.chosen or '?'} ({self.state()}"
+        s += f"; best of the timed calls: {times})" if times else ")"
+        return s + (f"; {self.reason}" if self.reason else "")

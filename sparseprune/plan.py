@@ -1,0 +1,302 @@
+"""A fitted model's inference plan: what runs for each batch size, made once, measured, inspectable.
+
+:class:`ModelPlan` is to a model's ``predict`` what an FFTW plan is to a
+transform: made once per model (and rebuilt when the model changes), it holds
+everything a forward pass needs already prepared, and per batch-size bucket
+and thread count it keeps which of two ways of running the network is faster
+here, measured on the real calls (:mod:`sparseprune._dispatch`):
+
+- ``"fused"``: the whole network in one compiled call
+  (:func:`sparseprune.kernels.plan.forward_serial` / ``forward_parallel``):
+  every layer, its bias and activation, the output softmax and the NaN/inf
+  check of the input, with no Python between layers. A CSR layer of density
+  up to ``FUSED_SPARSE_DENSITY`` runs as a sparse gather dot product there,
+  any other layer as a dense dot product. Offered for batches of at most
+  ``FUSED_MAX_ROWS`` rows, where per-call Python would otherwise dominate.
+- ``"layers"``: one call per layer: dense BLAS for dense layers, and for CSR
+  layers their :class:`~sparseprune.SparseLinear`, which measures dense BLAS
+  against the batched sparse kernels for itself.
+
+The plan keeps its own copies of the weights in the fused layout; the
+per-layer path uses the layers' own prepared operators. A model modified from
+another thread during a call gives the old model's answer.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+from sparseprune._dispatch import Choice, bucket_of
+from sparseprune._threading import _num_threads_now, run_parallel
+from sparseprune.kernels import plan as _kp
+from sparseprune.kernels import spmm as _ks
+
+__all__ = ["ModelPlan"]
+
+#: Batches up to this many rows may run the fused whole-network kernel.
+FUSED_MAX_ROWS = 64
+#: In the fused kernel a CSR layer runs as a sparse gather dot product up to
+#: this density, and as a dense dot product above it (a gathered nonzero
+#: costs several times a streamed, vectorised dense multiply-add).
+FUSED_SPARSE_DENSITY = 0.15
+#: Below this many multiply-adds per call (rows x per-row work) only the
+#: fused kernel is considered: a layer-by-layer pass pays several
+#: microseconds of Python per layer, more than such a call takes in total.
+FUSED_ONLY_WORK = 100_000
+#: The fused kernel splits the rows between numba's threads from this much work per call.
+FUSED_PARALLEL_WORK = 400_000
+
+_OUT_MODES = {"softmax": _kp.OUT_SOFTMAX, "logistic": _kp.OUT_BINARY, "identity": _kp.OUT_NONE}
+
+
+def _forced_method() -> str | None:
+    m = os.environ.get("SPARSEPRUNE_METHOD", "").strip().lower()
+    return m if m in ("dense", "sparse") else None
+
+
+class _DenseOp:
+    """A dense layer on BLAS: ``act(X @ W.T + b)``, no checks (the plan checked X)."""
+
+    __slots__ = ("W", "b", "act")
+
+    def __init__(self, W, b, act: int) -> None:
+        self.W, self.b, self.act = W, b, act
+
+    def __call__(self, X, among_sparse: bool = False):
+        Y = X @ self.W.T
+        Y += self.b
+        if self.act:
+            _activate_inplace(Y, self.act)
+        return Y
+
+
+def _activate_inplace(Y, act: int) -> None:
+    if act == 1:
+        np.maximum(Y, 0, out=Y)
+    elif act == 2:
+        np.tanh(Y, out=Y)
+    elif act == 3:
+        # Stable logistic: exp of a non-positive argument only.
+        E = np.exp(-np.abs(Y))
+        pos = Y >= 0
+        np.divide(1, 1 + E, out=Y, where=pos)
+        np.divide(E, 1 + E, out=Y, where=~pos)
+
+
+def _finish(H, out_mode: int):
+    """The output activation of the per-layer path (the fused kernel applies its own)."""
+    if out_mode == _kp.OUT_SOFTMAX:
+        Z = H - H.max(axis=1, keepdims=True)
+        np.exp(Z, out=Z)
+        Z /= Z.sum(axis=1, keepdims=True)
+        return Z
+    if out_mode == _kp.OUT_BINARY:
+        p = H[:, 0].astype(H.dtype, copy=True)
+        _activate_inplace(p, 3)
+        return np.stack([1 - p, p], axis=1)
+    return H
+
+
+class ModelPlan:
+    """The inference plan of a fitted MLP (see the module docstring).
+
+    Built by the model (``model.plan_``); not meant to be constructed by hand.
+
+    Attributes
+    ----------
+    layer_kinds : list of str
+        Per layer, how the fused kernel runs it: ``"dense"`` or ``"sparse"``.
+    choices : dict
+        ``(batch bucket, threads) -> Choice`` for the model-level path
+        (``"fused"`` or ``"layers"``).
+    """
+
+    def __init__(self, layers, hidden_activation: str, out_activation: str) -> None:
+        self._sig = tuple(layer._cache for layer in layers)
+        self.hidden_activation = hidden_activation
+        self.out_activation = out_activation
+        self.out_mode = _OUT_MODES[out_activation]
+        last = len(layers) - 1
+        acts = [_ks.ACTIVATIONS[hidden_activation] if i < last else 0 for i in range(len(layers))]
+        self.dtype = np.dtype(layers[0].bias.dtype)
+        self.n_in = int(layers[0].shape[1])
+        self.shapes = [tuple(int(s) for s in layer.shape) for layer in layers]
+        # Per-layer operators (the "layers" path).
+        self._ops = []
+        for i, layer in enumerate(layers):
+            if layer.is_sparse:
+                self._ops.append(layer._prepared(hidden_activation if i < last else None))
+            else:
+                self._ops.append(_DenseOp(np.ascontiguousarray(layer.weight, self.dtype),
+                                          np.ascontiguousarray(layer.bias, self.dtype), acts[i]))
+        # The fused layout: all layers in flat arrays.
+        kinds, wd_parts, d_parts, i_parts, p_parts, wd_off, ptr_off = [], [], [], [], [], [], []
+        n_wd = n_nnz = n_ptr = 0
+        self.work_per_row = 0
+        for layer in layers:
+            out, inp = layer.shape
+            sparse_kind = layer.is_sparse and layer.nnz <= FUSED_SPARSE_DENSITY * out * inp
+            kinds.append(1 if sparse_kind else 0)
+            wd_off.append(n_wd)
+            ptr_off.append(n_ptr)
+            if sparse_kind:
+                W = layer.weight
+                d, ind, ptr = W.data, W.indices, W.indptr
+                nnz = int(ptr[-1])
+                d_parts.append(np.asarray(d[:nnz], self.dtype))
+                i_parts.append(np.asarray(ind[:nnz], np.int32))
+                p_parts.append(np.asarray(ptr, np.int64) + n_nnz)
+                n_nnz += nnz
+                n_ptr += out + 1
+                self.work_per_row += nnz
+            else:
+                wd_parts.append(np.ascontiguousarray(layer.dense_weight(), self.dtype).ravel())
+                n_wd += out * inp
+                self.work_per_row += out * inp
+
+        def cat(parts, dtype):
+            return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(1, dtype), dtype)
+
+        self._kinds = np.array(kinds, np.int64)
+        self._n_outs = np.array([s[0] for s in self.shapes], np.int64)
+        self._acts = np.array(acts, np.int64)
+        self._wd_off = np.array(wd_off, np.int64)
+        self._wd = cat(wd_parts, self.dtype)
+        self._data = cat(d_parts, self.dtype)
+        self._indices = cat(i_parts, np.int32)
+        self._ptr_off = np.array(ptr_off, np.int64)
+        self._indptr = cat(p_parts, np.int64)
+        self._b_off = np.cumsum([0] + [s[0] for s in self.shapes[:-1]]).astype(np.int64)
+        self._bias = cat([np.asarray(layer.bias, self.dtype) for layer in layers], self.dtype)
+        self._max_width = max([self.n_in] + [s[0] for s in self.shapes])
+        self.n_out = self.shapes[-1][0]
+        self._width_out = 2 if self.out_mode == _kp.OUT_BINARY else self.n_out
+        self.layer_kinds = ["sparse" if k else "dense" for k in kinds]
+        self.choices: dict[tuple, Choice] = {}
+        self._lock = threading.Lock()
+
+    def matches(self, layers) -> bool:
+        """Whether this plan was made for exactly these layer objects and weights."""
+        sig = self._sig
+        return len(sig) == len(layers) and all(a is b._cache for a, b in zip(sig, layers))
+
+    # -- running ---------------------------------------------------------------
+    def _choice(self, batch: int, n_threads: int) -> Choice:
+        key = (bucket_of(batch), n_threads)
+        ch = self.choices.get(key)
+        if ch is None:
+            with self._lock:
+                ch = self.choices.get(key)
+                if ch is None:
+                    ch = self.choices[key] = self._new_choice(key[0])
+        return ch
+
+    def _new_choice(self, bucket: int) -> Choice:
+        forced = _forced_method()
+        if forced is not None:
+            return Choice(("layers",), f"SPARSEPRUNE_METHOD={forced} forces each layer's path.")
+        if bucket > FUSED_MAX_ROWS:
+            return Choice(("layers",), f"batches over {FUSED_MAX_ROWS} rows run layer by layer.")
+        work = bucket * self.work_per_row
+        if work <= FUSED_ONLY_WORK:
+            return Choice(("fused",), f"{work:,} multiply-adds per call: one compiled call for all layers.")
+        return Choice(("fused", "layers"), "both measured on the first calls.")
+
+    def run(self, X: np.ndarray):
+        """The network's output for a validated C-contiguous ``X``; ``None`` if ``X`` holds NaN or inf."""
+        n = X.shape[0]
+        n_threads = _num_threads_now()
+        ch = self._choice(n, n_threads)
+        path = ch.next()
+        t0 = time.perf_counter()
+        if path == "fused":
+            Y = self._fused(X, n_threads)
+        else:
+            Y = self._layers(X, n_threads)
+        ch.record(path, time.perf_counter() - t0, n)
+        return Y
+
+    def _fused(self, X, n_threads: int):
+        n = X.shape[0]
+        Y = np.empty((n, self._width_out), self.dtype)
+        args = (X, self._kinds, self._n_outs, self._acts, self._wd_off, self._wd, self._data, self._indices,
+                self._ptr_off, self._indptr, self._b_off, self._bias, self.out_mode, self._max_width, Y)
+        if n_threads > 1 and n > 1 and n * self.work_per_row >= FUSED_PARALLEL_WORK:
+            bad = run_parallel(_kp.forward_parallel, *args, min(n, n_threads))
+        else:
+            bad = _kp.forward_serial(*args, 1)
+        return None if bad else Y
+
+    def _layers(self, X, n_threads: int):
+        if not np.isfinite(X).all():
+            return None
+        forced = _forced_method() or "auto"
+        ops = self._ops
+        among_sparse = n_threads > 1 and any(
+            getattr(op, "_runs_parallel", None) is not None and op._runs_parallel(X.shape[0], n_threads)
+            for op in ops)
+        H = X
+        for op in ops:
+            if isinstance(op, _DenseOp):
+                H = op(H)
+            else:
+                H = op(H, forced, among_sparse=among_sparse)
+        return _finish(H, self.out_mode)
+
+    # -- inspection --------------------------------------------------------------
+    def freeze(self) -> "ModelPlan":
+        """Fix every choice measured so far (model level and per layer): no more measuring or re-checks."""
+        for ch in list(self.choices.values()):
+            ch.freeze()
+        for op in self._ops:
+            if not isinstance(op, _DenseOp):
+                op.freeze()
+        return self
+
+    def explain(self, batch: int | None = None) -> str:
+        """A readable account of the plan: the layers, and per batch bucket what runs and why."""
+        lines = [f"ModelPlan: {len(self.shapes)} layers, {self.dtype} ({self.hidden_activation} hidden, "
+                 f"{self.out_activation} output)"]
+        for i, (shape, kind, op) in enumerate(zip(self.shapes, self.layer_kinds, self._ops)):
+            fmt = "dense" if isinstance(op, _DenseOp) else f"csr, density {op.density:.1%}"
+            lines.append(f"  layer {i}: {shape[0]} x {shape[1]} ({fmt}); fused kernel runs it {kind}")
+        keys = sorted(self.choices) if batch is None else [k for k in sorted(self.choices)
+                                                            if k[0] == bucket_of(batch)]
+        if not keys:
+            lines.append("  no batch size seen yet: the first calls measure the candidates.")
+        for bucket, threads in keys:
+            ch = self.choices[(bucket, threads)]
+            rows = "1 row" if bucket == 1 else f"{bucket}-{2 * bucket - 1} rows"
+            lines.append(f"  batch {rows}, {threads} thread(s): {ch.describe()}")
+            if ch.chosen == "layers" or (ch.chosen is None and "layers" in ch.candidates):
+                for i, op in enumerate(self._ops):
+                    if isinstance(op, _DenseOp):
+                        lines.append(f"    layer {i}: dense (BLAS; the weight is a dense array)")
+                    else:
+                        lines.append(f"    layer {i}: {op._choice_for(bucket, threads).describe()}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The frozen choices, JSON-ready (saved with the model)."""
+        out = {"model": {f"{b}:{t}": ch.chosen for (b, t), ch in self.choices.items()
+                         if ch.frozen and ch.chosen},
+               "layers": {}}
+        for i, op in enumerate(self._ops):
+            if not isinstance(op, _DenseOp):
+                d = op._frozen_choices()
+                if d:
+                    out["layers"][str(i)] = d
+        return out
+
+    def load_dict(self, d: dict) -> None:
+        """Restore frozen choices written by :meth:`to_dict` (already validated by the loader)."""
+        for key, path in d.get("model", {}).items():
+            b, t = (int(v) for v in key.split(":"))
+            self.choices[(b, t)] = Choice((path,), "frozen with the saved model.", chosen=path, frozen=True)
+        for i, choices in d.get("layers", {}).items():
+            op = self._ops[int(i)]
+            if not isinstance(op, _DenseOp):
+                op._load_frozen(choices)

@@ -1,0 +1,256 @@
+"""A model's inference plan (sparseprune.plan) and its fused kernel, against a plain-numpy forward pass."""
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.exceptions import NotFittedError
+
+import sparseprune
+from sparseprune import plan as plan_mod
+from sparseprune.kernels import plan as kplan
+
+
+# ---------------------------------------------------------------- reference
+def naive_output(layers, hidden, out, X):
+    """The network's output after its output activation, float64 numpy, written for clarity."""
+    H = np.asarray(X, np.float64)
+    for i, (W, b) in enumerate(layers):
+        Wd = W.toarray() if sp.issparse(W) else W
+        H = H @ np.asarray(Wd, np.float64).T + np.asarray(b, np.float64)
+        if i < len(layers) - 1:
+            if hidden == "relu":
+                H = np.maximum(H, 0)
+            elif hidden == "tanh":
+                H = np.tanh(H)
+            elif hidden == "logistic":
+                H = 1 / (1 + np.exp(-H))
+    if out == "softmax":
+        E = np.exp(H - H.max(axis=1, keepdims=True))
+        return E / E.sum(axis=1, keepdims=True)
+    if out == "logistic":
+        p = 1 / (1 + np.exp(-H[:, 0]))
+        return np.stack([1 - p, p], axis=1)
+    return H
+
+
+def model_layers(m):
+    return [(layer.weight, layer.bias) for layer in m.layers_]
+
+
+def _fit(cls=sparseprune.MLPClassifier, n_in=20, hidden=(30, 12), n_classes=3, activation="relu", seed=0,
+         dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((120, n_in)).astype(dtype)
+    y = (np.abs(X[:, :n_classes]).argmax(1) if n_classes > 2 else (X[:, 0] > 0).astype(int)) if \
+        cls is sparseprune.MLPClassifier else X[:, 0] - X[:, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(hidden_layer_sizes=hidden, activation=activation, max_iter=3, random_state=seed).fit(X, y), X
+
+
+CASES = {
+    "dense-softmax": dict(),
+    "binary": dict(n_classes=2),
+    "tanh": dict(activation="tanh"),
+    "logistic": dict(activation="logistic"),
+    "regressor": dict(cls=sparseprune.MLPRegressor),
+    "one-hidden": dict(hidden=(7,)),
+    "three-hidden": dict(hidden=(16, 9, 5)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def fitted(request):
+    return _fit(**CASES[request.param])
+
+
+@pytest.mark.parametrize("sparsity", [None, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("batch", [1, 2, 17, 70])
+def test_each_path_of_the_plan_equals_numpy(fitted, sparsity, batch):
+    m, X = fitted
+    m = copy.deepcopy(m)
+    if sparsity is not None:
+        m.prune(sparsity=sparsity, scope="layer")
+    Xb = np.ascontiguousarray(np.resize(X, (batch, X.shape[1])))
+    ref = naive_output(model_layers(m), m.activation, m.out_activation_, Xb)
+    plan = m.plan_
+    for path in ("fused", "layers"):
+        out = plan._fused(Xb, 1) if path == "fused" else plan._layers(Xb, sparseprune.get_num_threads())
+        np.testing.assert_allclose(out, ref, rtol=2e-4, atol=2e-5, err_msg=path)
+    # And through the public calls, as many times as the measuring takes.
+    for _ in range(12):
+        got = m.predict_proba(Xb) if hasattr(m, "predict_proba") else m.predict(Xb)
+        want = ref if hasattr(m, "predict_proba") else (ref[:, 0] if ref.shape[1] == 1 else ref)
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_fused_parallel_rows_equal_serial(monkeypatch):
+    m, X = _fit(hidden=(40, 20))
+    m.prune(sparsity=0.7, scope="layer")
+    Xb = np.ascontiguousarray(np.resize(X, (37, X.shape[1])))
+    plan = m.plan_
+    serial = plan._fused(Xb, 1)
+    monkeypatch.setattr(plan_mod, "FUSED_PARALLEL_WORK", 0)
+    np.testing.assert_array_equal(plan._fused(Xb, 2), serial)
+    np.testing.assert_allclose(serial, naive_output(model_layers(m), "relu", "softmax", Xb), rtol=2e-4, atol=2e-5)
+
+
+def test_float64_model_and_float32_input():
+    m, X = _fit(dtype=np.float64)
+    m.layers_ = [sparseprune.mlp.Layer(np.asarray(layer.weight, np.float64), np.asarray(layer.bias, np.float64))
+                 for layer in m.layers_]
+    ref = naive_output(model_layers(m), "relu", "softmax", X)
+    np.testing.assert_allclose(m.predict_proba(X.astype(np.float64)), ref, rtol=1e-10)
+    np.testing.assert_allclose(m.predict_proba(X.astype(np.float32)), ref, rtol=1e-6)  # converted once
+    np.testing.assert_allclose(m.predict_proba(np.asfortranarray(X)), ref, rtol=1e-10)  # non-C input too
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("batch", [1, 3, 100])
+def test_nonfinite_input_gives_the_same_error(bad, batch):
+    m, X = _fit()
+    Xb = np.ascontiguousarray(np.resize(X, (batch, X.shape[1])))
+    Xb[batch // 2, 3] = bad
+    for _ in range(3):
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            m.predict_proba(Xb)
+        with pytest.raises(ValueError, match="NaN|infinity"):
+            m.predict(Xb)
+
+
+def test_wrong_width_dtype_and_not_fitted():
+    m, X = _fit()
+    with pytest.raises(ValueError, match="features"):
+        m.predict(X[:, :5])
+    with pytest.raises(ValueError):
+        m.predict(X.astype(np.complex64))
+    with pytest.raises(NotFittedError):
+        sparseprune.MLPClassifier().predict(X)
+    with pytest.raises(NotFittedError):
+        sparseprune.MLPClassifier().plan_
+
+
+def test_plan_is_rebuilt_when_the_model_changes():
+    m, X = _fit()
+    p0 = m.plan_
+    assert m.plan_ is p0
+    m.prune(sparsity=0.9, scope="layer")
+    p1 = m.plan_
+    assert p1 is not p0 and p1.layer_kinds == ["sparse"] * 3
+    np.testing.assert_allclose(m.predict_proba(X), naive_output(model_layers(m), "relu", "softmax", X),
+                               rtol=2e-4, atol=2e-5)
+    m.layers_[0].bias = m.layers_[0].bias + 1
+    assert m.plan_ is not p1
+    np.testing.assert_allclose(m.predict_proba(X), naive_output(model_layers(m), "relu", "softmax", X),
+                               rtol=2e-4, atol=2e-5)
+    p2 = m.plan_
+    m.set_params(activation="tanh")
+    assert m.plan_ is not p2
+    np.testing.assert_allclose(m.predict_proba(X), naive_output(model_layers(m), "tanh", "softmax", X),
+                               rtol=2e-4, atol=2e-5)
+    m.eliminate_neurons(X, criterion="l2", fraction=0.3)
+    assert m.plan_.shapes == [layer.shape for layer in m.layers_]
+
+
+def test_explain_measure_and_freeze(tmp_path):
+    m, X = _fit(n_in=64, hidden=(300, 100), n_classes=10)
+    m.prune(sparsity=0.9, scope="layer")
+    X40 = np.ascontiguousarray(np.resize(X, (40, 64)))
+    for _ in range(40):
+        m.predict(X40)
+        m.predict(X40[:1])
+    text = m.plan_.explain()
+    assert "layer 0: 300 x 64 (csr, density 10.0%)" in text
+    assert "batch 1 row" in text and "batch 32-63 rows" in text
+    ch = m.plan_.choices[(32, sparseprune.get_num_threads())]
+    assert ch.chosen in ("fused", "layers") and ch.state() in ("measured", "the only candidate")
+    m.plan_.freeze()
+    assert ch.frozen
+    path = tmp_path / "m.npz"
+    m.save(path)
+    m2 = sparseprune.load(path)
+    ch2 = m2.plan_.choices[(32, sparseprune.get_num_threads())]
+    assert ch2.frozen and ch2.chosen == ch.chosen
+    np.testing.assert_array_equal(m2.predict(X40), m.predict(X40))
+    # A saved plan with a bad entry is rejected clearly.
+    import json
+    import zipfile
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["plan"]["model"]["32:2"] = "turbo"
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="plan"):
+        sparseprune.load(tmp_path / "bad.npz")
+    assert zipfile.is_zipfile(path)
+
+
+def test_predict_while_another_thread_prunes():
+    m, X = _fit(n_in=32, hidden=(64, 32), n_classes=4)
+    X8 = np.ascontiguousarray(X[:8])
+    before = naive_output(model_layers(m), "relu", "softmax", X8)
+    pruned = copy.deepcopy(m).prune(sparsity=0.9, scope="layer")
+    after = naive_output(model_layers(pruned), "relu", "softmax", X8)
+    errors, outs = [], []
+    stop = threading.Event()
+
+    def serve():
+        try:
+            while not stop.is_set():
+                outs.append(m.predict_proba(X8))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=serve) for _ in range(3)]
+    for t in threads:
+        t.start()
+    m.prune(sparsity=0.9, scope="layer")
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and outs
+    for out in outs:
+        assert (np.allclose(out, before, rtol=2e-4, atol=2e-5) or np.allclose(out, after, rtol=2e-4, atol=2e-5))
+
+
+# ---------------------------------------------------------------- the fused kernel itself
+@st.composite
+def networks(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    widths = draw(st.lists(st.integers(1, 12), min_size=2, max_size=5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    layers = []
+    for n_in, n_out in zip(widths, widths[1:]):
+        W = rng.standard_normal((n_out, n_in)).astype(dtype)
+        W[rng.random(W.shape) < draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))] = 0
+        sparse = draw(st.booleans())
+        layers.append((sp.csr_array(W) if sparse else W, rng.standard_normal(n_out).astype(dtype)))
+    X = rng.standard_normal((draw(st.integers(1, 9)), widths[0])).astype(dtype)
+    hidden = draw(st.sampled_from(["relu", "tanh", "logistic", "identity"]))
+    out = draw(st.sampled_from(["softmax", "identity"] + (["logistic"] if widths[-1] == 1 else [])))
+    return layers, hidden, out, X
+
+
+@settings(max_examples=60, deadline=None)
+@given(networks())
+def test_fused_kernel_matches_numpy(net):
+    layers, hidden, out, X = net
+    objs = [sparseprune.mlp.Layer(W, b) for W, b in layers]
+    plan = plan_mod.ModelPlan(objs, hidden, out)
+    ref = naive_output(layers, hidden, out, X)
+    tol = 1e-4 if X.dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(plan._fused(X, 1), ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(plan._layers(X, 1), ref, rtol=tol, atol=tol)
+    assert plan._fused(np.where(X == X[0, 0], np.nan, X), 1) is None  # NaN reported, not hidden
+
+
+def test_fused_kernel_reports_output_modes():
+    assert (kplan.OUT_NONE, kplan.OUT_SOFTMAX, kplan.OUT_BINARY) == (0, 1, 2)
