@@ -498,6 +498,37 @@ def _spmv_forward(data, indices, indptr, X, bias, act, row_starts):
 spmv_forward_serial, spmv_forward_par = jit_variants(_spmv_forward, fastmath=_NO_REASSOC)
 
 
+def _spmv_rows(data, indices, indptr, X, bias, act, row_starts, Y):
+    """``Y[r] = act(W @ X[r] + bias)`` for a few input rows: the SpMV once per row, weight row by weight row.
+
+    For batches too small to pay for packing X into the SpMM kernels' layout
+    (a fixed cost of 10-20 us): each weight row is read once and used for
+    every input row while it sits in L1. Returns whether X held NaN or inf.
+    """
+    zero = data.dtype.type(0)
+    n_batch = X.shape[0]
+    for t in numba.prange(row_starts.size - 1):
+        for i in range(row_starts[t], row_starts[t + 1]):
+            p0 = indptr[i]
+            p1 = indptr[i + 1]
+            d = data[p0:p1]
+            c = indices[p0:p1]
+            for r in range(n_batch):
+                x = X[r]
+                s = zero
+                for k in range(d.size):
+                    s += d[k] * x[c[k]]
+                Y[r, i] = _activate(s + bias[i], act, zero)
+    probe = zero
+    for r in range(n_batch):
+        for k in range(X.shape[1]):
+            probe += X[r, k] * zero
+    return probe != probe
+
+
+spmv_rows_serial, spmv_rows_par = jit_variants(_spmv_rows)
+
+
 
 
 

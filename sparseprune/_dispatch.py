@@ -9,11 +9,16 @@ micro-benchmark. A cost model may only rule out hopeless candidates first.
 
 How a :class:`Choice` measures, cheaply and robustly:
 
-- The measuring is done by the caller's own calls: each of the first calls
-  runs one candidate (round robin) and its result is returned as usual, so
-  nothing is computed twice. The first call of each candidate is not timed
-  (it pays compilation, page faults, a dense copy of the weights, cold
-  caches); then ``SAMPLES`` calls of each are timed, per input row.
+- The measuring is done by the caller's own calls: each call runs one
+  candidate and its result is returned as usual, so nothing is computed
+  twice. The candidates are measured one block after the other, in the
+  order given: the first call of each is not timed (it pays compilation,
+  page faults, a dense copy of the weights, cold caches), then ``SAMPLES``
+  calls are timed, per input row. Blocks, not alternating calls: after a
+  multi-threaded BLAS call OpenBLAS's workers spin on the cores for about
+  0.1 s, and a parallel sparse kernel run in that window measured 2-3x
+  slower, so alternating calls would time each path in the other's wake
+  (the sparse path goes first for the same reason).
 - The winner is the candidate with the lowest *minimum* time (the minimum is
   the sample least disturbed by the rest of the machine). When the two best
   minima are within ``CLOSE`` of each other, ``SAMPLES`` more of each are
@@ -63,8 +68,8 @@ class Choice:
         Why these candidates (the cost model's verdict), for ``explain``.
     """
 
-    __slots__ = ("candidates", "chosen", "frozen", "reason", "_seen", "_times", "_rounds", "_best", "_slow",
-                 "_lock", "n_remeasured")
+    __slots__ = ("candidates", "chosen", "frozen", "reason", "_idx", "_seen", "_times", "_rounds", "_best",
+                 "_slow", "_lock", "n_remeasured")
 
     def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False):
         self.candidates = tuple(candidates)
@@ -72,11 +77,12 @@ class Choice:
         self.frozen = frozen
         self.chosen = chosen if chosen is not None else (self.candidates[0] if len(self.candidates) == 1 else None)
         self._lock = threading.Lock()
+        self._seen = {c: 0 for c in self.candidates}
         self._reset()
         self.n_remeasured = 0
 
     def _reset(self) -> None:
-        self._seen = {c: 0 for c in self.candidates}
+        self._idx = 0
         self._times = {c: [] for c in self.candidates}
         self._rounds = 1
         self._best = math.inf
@@ -86,10 +92,7 @@ class Choice:
     def next(self) -> str:
         """The candidate to run for this call."""
         c = self.chosen
-        if c is not None:
-            return c
-        seen = self._seen
-        return min(self.candidates, key=seen.__getitem__)
+        return c if c is not None else self.candidates[self._idx]
 
     def record(self, candidate: str, seconds: float, rows: int) -> None:
         """Report that ``candidate`` took ``seconds`` for ``rows`` input rows."""
@@ -109,18 +112,23 @@ class Choice:
                 self._slow = 0
             return
         with self._lock:
-            if self.chosen is not None or candidate not in self._seen:
-                return
+            if self.chosen is not None or candidate != self.candidates[self._idx]:
+                return  # a concurrent call that started before the block moved on
             self._seen[candidate] += 1
-            if self._seen[candidate] > 1:  # the first call of each candidate is a warm-up
-                self._times[candidate].append(per_row)
-            want = SAMPLES * self._rounds
-            if any(len(t) < want for t in self._times.values()):
+            if self._seen[candidate] == 1:
+                return  # the first call of each candidate is a warm-up
+            times = self._times[candidate]
+            times.append(per_row)
+            if len(times) < SAMPLES * self._rounds:
+                return
+            self._idx += 1
+            if self._idx < len(self.candidates):
                 return
             best = sorted((min(t), c) for c, t in self._times.items())
             (t0, c0), (t1, _) = best[0], best[1]
             if t1 <= t0 * (1 + CLOSE) and self._rounds < MAX_ROUNDS:
                 self._rounds += 1
+                self._idx = 0
                 return
             self.chosen = c0
             self._best = t0

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import datetime as _dt
+import math
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ DEFAULT_OUT = "sparseprune-results"
 DEFAULT_SPARSITIES = "0,0.5,0.8,0.9,0.95,0.98"
 QUICK_SPARSITIES = "0,0.5,0.9"
 DEMO_SECTIONS = ("mlp", "tree", "forest")
-BENCH_KERNELS = ("linear", "mask")
+BENCH_KERNELS = ("linear", "mask", "dispatch")
 
 
 class UsageError(Exception):
@@ -719,15 +720,16 @@ def _demo_plots(run: _Run, sections: dict) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------- bench
-def _random_csr(rng: np.random.Generator, n: int, density: float, dtype=np.float32):
-    """An n x n CSR with exactly round(density * n * n) nonzeros at uniform random positions."""
+def _random_csr(rng: np.random.Generator, n: int, density: float, dtype=np.float32, n_in: int | None = None):
+    """An n x n_in (default n x n) CSR with exactly round(density * n * n_in) nonzeros at random positions."""
     import scipy.sparse as sps
 
-    nnz = int(round(density * n * n))
-    flat = rng.choice(n * n, size=nnz, replace=False)
-    rows, cols = np.divmod(flat, n)
+    n_in = n if n_in is None else n_in
+    nnz = max(1, int(round(density * n * n_in)))
+    flat = rng.choice(n * n_in, size=nnz, replace=False)
+    rows, cols = np.divmod(flat, n_in)
     vals = rng.standard_normal(nnz).astype(dtype)
-    W = sps.csr_array((vals, (rows, cols)), shape=(n, n))
+    W = sps.csr_array((vals, (rows, cols)), shape=(n, n_in))
     W.sum_duplicates()
     return W
 
@@ -768,11 +770,13 @@ def _bench_linear(run: _Run, n: int, densities: Sequence[float], batches: Sequen
             # copies the transposed view to C order itself (part of its cost, as our
             # packing is part of ours).
             fns = {"dense": lambda: X @ W_dense.T, "scipy": lambda: W_csr @ X.T,
-                   "ours": lambda: layer(X, method="sparse"), "auto": lambda: layer(X)}
+                   "ours": lambda: layer(X, method="sparse"), "auto": lambda: layer(X),
+                   "linear": lambda: sp.linear(X, W_csr)}
             t = run.time(fns)
             r = {"density": d, "batch": b, "timings": t,
                  "speedup_vs_dense": t["dense"]["median_s"] / t["ours"]["median_s"],
-                 "speedup_vs_scipy": t["scipy"]["median_s"] / t["ours"]["median_s"]}
+                 "speedup_vs_scipy": t["scipy"]["median_s"] / t["ours"]["median_s"],
+                 "linear_vs_scipy": t["scipy"]["median_s"] / t["linear"]["median_s"]}
             r["auto_vs_dense"] = t["dense"]["median_s"] / t["auto"]["median_s"]
             r["auto_path"] = layer.explain(b).path
             rows.append(r)
@@ -782,11 +786,54 @@ def _bench_linear(run: _Run, n: int, densities: Sequence[float], batches: Sequen
         sub = [r for r in rows if r["batch"] == b]
         crossover[str(b)] = _crossover([r["density"] for r in sub], [r["speedup_vs_dense"] for r in sub])
     ours = ("SparseLinear(W_csr)(X, method='sparse') (the sparse kernel); auto = SparseLinear(W_csr)(X) "
-            "(the dispatcher)")
+            "(the dispatcher); linear = sparseprune.linear(X, W_csr) (one-off call)")
     return {"title": f"sparse linear layer, {n}x{n} float32 weights", "shape": [n, n], "dtype": "float32",
             "ours": ours, "baselines": {"scipy": "W_csr @ X.T (scipy, one thread)",
                                         "dense": "X @ W_dense.T (numpy BLAS)"},
             "rows": rows, "crossover_density": crossover}
+
+
+def _bench_dispatch(run: _Run, n_points: int, max_dim: int) -> dict:
+    """The measuring dispatcher on random layer shapes: auto against dense BLAS and the sparse kernel.
+
+    Seeded random points: out and in log-uniform in [32, max_dim], density
+    log-uniform in [0.5%, 60%], batch log-uniform in [1, 512] (batches whose
+    dense product would exceed 4 GFLOP are shrunk, to keep the sweep short).
+    The dispatcher is first given the calls it needs to settle, as a serving
+    layer would on its first calls; then dense, sparse and auto are each
+    timed as a group after a pause.
+    """
+    import sparseprune as sp
+
+    rng = np.random.default_rng(run.args.seed + 17)
+    rows = []
+    for _ in run.progress(range(n_points), "bench: dispatcher sweep"):
+        n_out, n_in = (int(round(math.exp(rng.uniform(math.log(32), math.log(max_dim))))) for _ in range(2))
+        density = float(math.exp(rng.uniform(math.log(0.005), math.log(0.6))))
+        batch = int(round(math.exp(rng.uniform(0, math.log(512)))))
+        batch = max(1, min(batch, int(2e9 // (n_out * n_in))))
+        W_csr = _random_csr(rng, n_out, density, n_in=n_in)
+        layer = sp.SparseLinear(W_csr)
+        W_dense = layer._dense()
+        X = rng.standard_normal((batch, n_in)).astype(np.float32)
+        for _ in range(40):  # the dispatcher's own measuring, on the layer's first calls
+            layer(X)
+            if layer._choice_for(sp.spmm.bucket_of(batch), sp.get_num_threads()).chosen is not None:
+                break
+        t = run.time({"dense": lambda: X @ W_dense.T, "sparse": lambda: layer(X, method="sparse"),
+                      "auto": lambda: layer(X)})
+        td, ts, ta = (t[k]["median_s"] for k in ("dense", "sparse", "auto"))
+        rows.append({"shape": [n_out, n_in], "density": W_csr.nnz / (n_out * n_in), "batch": batch, "timings": t,
+                     "auto_vs_dense": td / ta, "auto_vs_best": min(td, ts) / ta, "path": layer.explain(X).path,
+                     "faster": "dense" if td <= ts else "sparse"})
+    within = sum(r["auto_vs_best"] >= 1 / 1.1 for r in rows)
+    summary = {"points": len(rows), "within_10pct_of_best": within,
+               "share_within_10pct": within / max(1, len(rows)),
+               "min_auto_vs_dense": min((r["auto_vs_dense"] for r in rows), default=None),
+               "points_below_0.9x_dense": sum(r["auto_vs_dense"] < 0.9 for r in rows)}
+    return {"title": f"dispatcher on {n_points} random layers (float32)", "rows": rows, "summary": summary,
+            "ours": "SparseLinear(W_csr)(X) after its first calls (the measuring dispatcher)",
+            "baselines": {"dense": "X @ W_dense.T (numpy BLAS)", "sparse": "SparseLinear(W_csr)(X, method='sparse')"}}
 
 
 def _bench_mask(run: _Run, n: int, densities: Sequence[float]) -> dict:
@@ -826,6 +873,8 @@ def _print_bench(run: _Run, results: dict) -> None:
         if any("auto_vs_dense" in r for r in lin["rows"]):
             cols += [("auto vs dense", lambda r: r.get("auto_vs_dense"), rp.fmt_x),
                      ("auto path", lambda r: r.get("auto_path"), str)]
+        if any("linear_vs_scipy" in r for r in lin["rows"]):
+            cols += [("linear() vs scipy", lambda r: r.get("linear_vs_scipy"), rp.fmt_x)]
         run.show("\n" + rp.format_table(lin["rows"], cols, title=f"== {lin['title']}"))
         run.show(f"   ours = {lin['ours']}")
         run.show("   crossover density (ours faster than dense BLAS below it): " + ", ".join(
@@ -843,6 +892,26 @@ def _print_bench(run: _Run, results: dict) -> None:
         run.show("\n" + rp.format_table(mask["rows"], cols, title=f"== {mask['title']}"))
     elif mask is not None:
         run.show(f"\nmasking sweep: {mask['status'].upper()}: {mask['reason']}")
+    disp = results.get("dispatch")
+    if disp is not None and disp["status"] == "ok":
+        cols = [
+            ("shape", lambda r: "x".join(map(str, r["shape"])), str),
+            ("density", lambda r: r["density"], rp.fmt_pct),
+            ("batch", lambda r: r["batch"], rp.fmt_int),
+            ("dense BLAS", lambda r: r["timings"]["dense"]["median_s"], rp.fmt_time),
+            ("sparse", lambda r: r["timings"]["sparse"]["median_s"], rp.fmt_time),
+            ("auto", lambda r: r["timings"]["auto"]["median_s"], rp.fmt_time),
+            ("auto vs dense", lambda r: r["auto_vs_dense"], rp.fmt_x),
+            ("auto vs best", lambda r: r["auto_vs_best"], rp.fmt_x),
+            ("auto ran", lambda r: r["path"], str),
+        ]
+        run.show("\n" + rp.format_table(disp["rows"], cols, title=f"== {disp['title']}"))
+        sm = disp["summary"]
+        run.show(f"   auto within 10% of the faster path on {sm['within_10pct_of_best']} of {sm['points']} points "
+                 f"({sm['share_within_10pct']:.0%}); lowest auto vs dense {sm['min_auto_vs_dense']:.2f}x; "
+                 f"{sm['points_below_0.9x_dense']} point(s) below 0.9x dense")
+    elif disp is not None:
+        run.show(f"\ndispatcher sweep: {disp['status'].upper()}: {disp['reason']}")
     run.show(f"   median of {run.repeats} repeats per cell (each implementation timed as a group after a "
              f"{run.settle:g} s pause, two passes in opposite order), warm-up excluded; spread in bench.json")
 
@@ -866,6 +935,10 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             results["linear"] = _section("linear", lambda: _bench_linear(run, n, densities, batches), run)
         if "mask" in args.kernels:
             results["mask"] = _section("mask", lambda: _bench_mask(run, n, mask_densities), run)
+        if "dispatch" in args.kernels:
+            n_points = 6 if args.quick else 40
+            results["dispatch"] = _section(
+                "dispatch", lambda: _bench_dispatch(run, n_points, 512 if args.quick else 8192), run)
     doc["sections"] = results
     doc["machine"] = machine_info()
     doc["wall_time_s"] = time.perf_counter() - t_start

@@ -410,8 +410,16 @@ class SparsityInfo:
     def __str__(self) -> str:
         return (
             f"{self.shape[0]}x{self.shape[1]}: nnz={self.nnz} density={self.density:.2%} "
-            f"dense={self.dense_bytes:,} B csr={self.csr_bytes:,} B ({self.compression:.2f}x smaller)"
+            f"dense={self.dense_bytes:,} B csr={self.csr_bytes:,} B ({self._size_words()})"
         )
+
+    def _size_words(self) -> str:
+        c = self.compression
+        if c >= 1.005:
+            return f"CSR {c:.2f}x smaller"
+        if c <= 1 / 1.005:
+            return f"CSR {1 / c:.2f}x larger: too dense to gain from CSR storage"
+        return "CSR the same size"
 
 
 def sparsity_info(A) -> SparsityInfo:

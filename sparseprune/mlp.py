@@ -856,6 +856,9 @@ class _BaseMLP(BaseEstimator):
             self.layers_[l + 1] = Layer(W2, b2)
             removed.append(int(drop.sum()))
         self.neurons_removed_ = removed
+        # The hyperparameter follows the network it describes, so repr, get_params,
+        # save/load and to_sklearn all tell the widths the layers really have.
+        self.hidden_layer_sizes = tuple(layer.shape[0] for layer in self.layers_[:-1])
         return self
 
     # -- reporting ----------------------------------------------------------------
@@ -1188,7 +1191,11 @@ def load(path):
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
-        raise _bad(path, f"cannot read it as a pickle-free .npz archive ({type(exc).__name__}: {exc}).") from None
+        # numpy's own message for a non-archive suggests loading with allow_pickle=True: never
+        # pass that on (unpickling an untrusted file runs code).
+        why = "not an .npz archive" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise _bad(path, f"cannot read it as a pickle-free .npz archive ({why}). Pass a file written "
+                         "by model.save().") from None
     if "meta" not in arrays:
         raise _bad(path, "no 'meta' entry.")
     meta_arr = arrays["meta"]

@@ -103,6 +103,20 @@ def test_truncated_and_corrupted_files(fitted, tmp_path):
         sparseprune.load(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError):
         sparseprune.load(tmp_path / "missing.npz")
+    # A text file: numpy reads it as a pickle, and its message suggests allow_pickle=True.
+    # That hint must never reach the user (unpickling an untrusted file runs code).
+    (tmp_path / "notes.txt").write_text("hello\n" * 20)
+    with pytest.raises(ValueError, match="not an .npz archive") as err:
+        sparseprune.load(tmp_path / "notes.txt")
+    assert "pickle=" not in str(err.value) and "unsafely" not in str(err.value)
+
+
+def test_reloaded_model_after_elimination_tells_its_real_widths(fitted, data, tmp_path):
+    m = copy.deepcopy(fitted).eliminate_neurons(data[0], criterion="l2", fraction=0.5)
+    widths = tuple(layer.shape[0] for layer in m.layers_[:-1])
+    assert widths[0] <= 20 and widths[1] <= 10 and m.hidden_layer_sizes == widths  # fitted with (40, 20)
+    loaded, _ = roundtrip(m, tmp_path)
+    assert loaded.hidden_layer_sizes == widths and f"hidden_layer_sizes={widths}" in repr(loaded)
 
 
 class _Evil:

@@ -244,7 +244,7 @@ def test_prepared_layer_snapshots_weights():
 
 # ---------------------------------------------------------------- NaN / inf
 @pytest.mark.parametrize("method", ["sparse", "auto"])
-@pytest.mark.parametrize("batch", [1, 20, 70, 150])
+@pytest.mark.parametrize("batch", [1, 2, 20, 70, 150])
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # dense BLAS on NaN, on purpose
 def test_nonfinite_inputs_propagate_like_dense(method, batch, parallel, monkeypatch):
@@ -258,6 +258,7 @@ def test_nonfinite_inputs_propagate_like_dense(method, batch, parallel, monkeypa
     X[0, 3] = np.inf
     if batch > 1:
         X[1, 5] = np.nan
+    if batch > 2:
         X[2, 7] = -np.inf
         X[2, 9] = np.inf
     if batch > 64:
@@ -267,6 +268,8 @@ def test_nonfinite_inputs_propagate_like_dense(method, batch, parallel, monkeypa
     with np.errstate(invalid="ignore"):
         dense = X @ W.toarray().T  # BLAS: the behaviour users know
     Y = sparseprune.linear(X, W, method=method)
+    for layer in (sparseprune.SparseLinear(W), ):  # the prepared layer too (16-bit columns, cached parts)
+        np.testing.assert_array_equal(np.isnan(layer(X, method=method)), np.isnan(dense))
     np.testing.assert_array_equal(np.isnan(Y), np.isnan(dense))
     np.testing.assert_array_equal(np.isinf(Y), np.isinf(dense))
     finite = np.isfinite(dense)
