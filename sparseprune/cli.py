@@ -363,12 +363,15 @@ def _batch(X: np.ndarray, b: int) -> np.ndarray:
 
 
 def _latency(run: _Run, X: np.ndarray, dense: Callable, pruned: Callable, batches: Sequence[int],
-             extra: dict[str, Callable] | None = None, dense_variants: dict[str, Callable] | None = None) -> dict:
-    """Time dense vs pruned per batch size, interleaved; speedup = dense median / pruned median.
+             extra: dict[str, Callable] | None = None, dense_variants: dict[str, Callable] | None = None,
+             settle: float | None = None) -> dict:
+    """Time dense vs pruned per batch size; speedup = dense median / pruned median.
 
-    ``dense_variants`` are other configurations of the baseline (e.g. a forest with
-    ``n_jobs=1``); the fastest of them and ``dense`` becomes ``"dense"``, so the
-    speedup is always against the best baseline measured (``"dense_variant"`` says which).
+    Interleaved, or with ``settle`` each one timed as a group after a pause
+    (see :func:`sparseprune._measure.compare`). ``dense_variants`` are other
+    configurations of the baseline (e.g. a forest with ``n_jobs=1``); the
+    fastest of them and ``dense`` becomes ``"dense"``, so the speedup is always
+    against the best baseline measured (``"dense_variant"`` says which).
     """
     out = {}
     for b in batches:
@@ -376,7 +379,11 @@ def _latency(run: _Run, X: np.ndarray, dense: Callable, pruned: Callable, batche
         fns = {"dense": lambda: dense(Xb), "pruned": lambda: pruned(Xb)}
         for name, fn in {**(extra or {}), **(dense_variants or {})}.items():
             fns[name] = lambda fn=fn: fn(Xb)
-        t = run.time(fns)
+        if settle is None:
+            t = run.time(fns)
+        else:
+            res = compare(fns, repeats=run.repeats, warmup=run.warmup, min_time=run.min_time, settle=settle)
+            t = {k: v.to_dict() for k, v in res.items()}
         best = min(["dense", *(dense_variants or {})], key=lambda k: t[k]["median_s"])
         t["dense_variant"] = best
         if best != "dense":
@@ -391,7 +398,6 @@ def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[i
     import sparseprune as sp
     from sparseprune.masking import sparsity_info
 
-    explain = getattr(sp, "explain", None)
     nnz = dense_bytes = csr_bytes = biases = 0
     layers = []
     for layer in model.layers_:
@@ -402,9 +408,6 @@ def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[i
         biases += int(np.asarray(layer.bias).size)
         entry = {"shape": list(info.shape), "nnz": info.nnz, "density": info.density,
                  "storage": "csr" if hasattr(layer.weight, "tocsr") else "dense"}
-        if explain is not None:
-            # What the dispatcher runs for this layer, so a slow row can be explained.
-            entry["path"] = {str(b): explain(b, layer.weight).path for b in batches}
         layers.append(entry)
     return {
         "sparsity": 1.0 - nnz / weights_total,
@@ -426,6 +429,35 @@ _MLP_RECIPE = {"hidden": (300, 100), "max_iter": 200, "epochs": 80, "learning_ra
                "eliminate_fraction": 0.5, "eliminate_criterion": "l2", "fine_tune_epochs": 10,
                "combined_sparsity": 0.9}
 _MLP_QUICK = {**_MLP_RECIPE, "hidden": (64, 32), "max_iter": 10, "epochs": 3, "fine_tune_epochs": 2}
+
+
+def _plan_layer_paths(model, batch: int) -> list[str]:
+    """Per layer, what the model's plan runs at ``batch``: "dense" or "sparse" (inside the fused
+    call or as its own call)."""
+    from sparseprune._dispatch import bucket_of
+    from sparseprune._threading import _num_threads_now
+
+    plan = model.plan_
+    key = (bucket_of(batch), _num_threads_now())
+    ch = plan.choices.get(key)
+    if ch is not None and (ch.chosen or ch.next()) == "fused":
+        return list(plan.layer_kinds)
+    out = []
+    for op in plan._ops:
+        c = op._choices.get(key) if hasattr(op, "_choices") else None
+        out.append("dense" if c is None else (c.chosen or c.next()))
+    return out
+
+
+def _plan_ran(model, batch: int) -> str:
+    """Short on-screen form: "1 call: S S D" (fused) or "S S D" (layer by layer)."""
+    from sparseprune._dispatch import bucket_of
+    from sparseprune._threading import _num_threads_now
+
+    ch = model.plan_.choices.get((bucket_of(batch), _num_threads_now()))
+    fused = ch is not None and (ch.chosen or ch.next()) == "fused"
+    letters = " ".join("S" if p == "sparse" else "D" for p in _plan_layer_paths(model, batch))
+    return ("1 call: " if fused else "") + letters
 
 
 def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
@@ -450,7 +482,14 @@ def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
         r = {"label": label, "kind": kind, "target_sparsity": target}
         r.update(_mlp_stats(model, weights_total, biases_total, batches))
         r["accuracy"] = float(np.mean(model.predict(Xt) == yt))
-        r["latency"] = _latency(run, Xt, dense.predict, model.predict, batches)
+        # Each model timed as a group after a pause: interleaved with the dense model, every
+        # pruned call would run while the dense model's BLAS worker threads still spin on the
+        # cores (about 0.1 s after each BLAS call), which times the neighbour, not the model.
+        r["latency"] = _latency(run, Xt, dense.predict, model.predict, batches, settle=0.02 if run.quick else 0.12)
+        # What the model's plan ran at each batch size (measured on the calls above).
+        r["ran"] = {str(b): _plan_ran(model, b) for b in batches}
+        for lay, paths in zip(r["layers"], zip(*(_plan_layer_paths(model, b) for b in batches))):
+            lay["path"] = dict(zip(map(str, batches), paths))
         return r
 
     rows = [row("dense", "dense", dense, 0.0)]
@@ -481,7 +520,8 @@ def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
         "architecture": "-".join(map(str, [ds.n_features, *hidden, ds.n_classes])),
         "batches": batches,
         "latency_meaning": "dense = the trained dense MLP's predict; pruned = this model's predict "
-                           "(sparseprune.linear picks dense or CSR per layer)",
+                           "(its plan measures dense and sparse per layer on its first calls); each timed "
+                           "as a group after a pause",
         "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in rc.items()},
         "rows": rows,
     }
@@ -660,8 +700,13 @@ def _print_section(run: _Run, sec: dict, columns: list) -> None:
         run.show(f"\n{sec.get('what', sec.get('title', ''))}: {sec['status'].upper()}: {sec['reason']}")
         return
     cols = columns + _latency_columns(sec["batches"], "dense", "pruned")
+    if any("ran" in r for r in sec["rows"]):
+        cols += [(f"b{b} ran", lambda r, k=str(b): r.get("ran", {}).get(k, ""), str) for b in sec["batches"]]
     run.show("\n" + rp.format_table(sec["rows"], cols, title=f"== {sec['title']}"))
     run.show(f"   latency: {sec['latency_meaning']}; median of {run.repeats} repeats (IQR in results.json)")
+    if any("ran" in r for r in sec["rows"]):
+        run.show("   ran: what each model's plan ran per layer, S = sparse kernel, D = dense; \"1 call\" = all "
+                 "layers in one compiled call (model.plan_.explain() says why)")
     for note in sec.get("notes", []):
         run.show(f"   note: {note}")
 

@@ -411,11 +411,8 @@ class _BaseMLP(BaseEstimator):
             out = self._get_plan().run(X)
             if out is not None:
                 return out
-        X = self._check_X(X)
-        out = self._get_plan().run(X)
-        if out is None:  # pragma: no cover - _check_X rejects NaN and inf
-            raise ValueError("Input X contains NaN or infinity.")
-        return out
+        X = self._check_X(X)  # raises scikit-learn's errors, NaN and inf included
+        return self._get_plan().run(X, checked=True)
 
     def _check_Xy_more(self, X, y):
         """Validate X, y for fine-tuning an already fitted model."""

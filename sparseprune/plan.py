@@ -24,6 +24,7 @@ another thread during a call gives the old model's answer.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -95,10 +96,17 @@ def _activate_inplace(Y, act: int) -> None:
 
 
 def _finish(H, out_mode: int):
-    """The output activation of the per-layer path (one compiled call: a few numpy ops on a
-    small output cost more in dispatch than in work)."""
+    """The output activation of the per-layer path (the fused kernel applies its own)."""
+    if out_mode == _kp.OUT_SOFTMAX and H.shape[0] > 16:
+        # numpy's vectorised exp beats the compiled loop's scalar one on many rows.
+        Z = H - H.max(axis=1, keepdims=True)
+        np.exp(Z, out=Z)
+        Z /= Z.sum(axis=1, keepdims=True)
+        return Z
     if out_mode == _kp.OUT_NONE:
         return H
+    # A few rows (or the binary output): one compiled call, where a handful of
+    # numpy calls on a small array cost more in dispatch than in work.
     H = np.ascontiguousarray(H)
     Y = np.empty((H.shape[0], 2 if out_mode == _kp.OUT_BINARY else H.shape[1]), H.dtype)
     _kp.output_rows(H, out_mode, Y)
@@ -210,16 +218,20 @@ class ModelPlan:
             return Choice(("fused",), f"{work:,} multiply-adds per call: one compiled call for all layers.")
         return Choice(("fused", "layers"), "both measured on the first calls.")
 
-    def run(self, X: np.ndarray):
-        """The network's output for a validated C-contiguous ``X``; ``None`` if ``X`` holds NaN or inf."""
+    def run(self, X: np.ndarray, checked: bool = False):
+        """The network's output for a C-contiguous ``X`` of the plan's dtype and width.
+
+        Returns ``None`` if ``X`` (not yet ``checked`` for finiteness) may hold
+        NaN or inf: the caller then validates it and calls again with ``checked=True``.
+        """
         n = X.shape[0]
         n_threads = _num_threads_now()
         ch = self._choice(n, n_threads)
         path = ch.next()
         if ch.frozen or len(ch.candidates) == 1:  # nothing to measure: no clock reads
-            return self._fused(X, n_threads) if path == "fused" else self._layers(X, n_threads)
+            return self._fused(X, n_threads, checked) if path == "fused" else self._layers(X, n_threads, checked)
         t0 = time.perf_counter()
-        Y = self._fused(X, n_threads) if path == "fused" else self._layers(X, n_threads)
+        Y = self._fused(X, n_threads, checked) if path == "fused" else self._layers(X, n_threads, checked)
         t = time.perf_counter() - t0
         # A layer-by-layer pass counts only once its own layers have settled on
         # dense or sparse: while they measure, some of its layers run their slower path.
@@ -232,7 +244,7 @@ class ModelPlan:
         return all(isinstance(op, _DenseOp) or op._choice_for(b, n_threads).chosen is not None
                    for op in self._ops)
 
-    def _fused(self, X, n_threads: int):
+    def _fused(self, X, n_threads: int, checked: bool = False):
         n = X.shape[0]
         Y = np.empty((n, self._width_out), self.dtype)
         args = (X, self._meta, self._wd, self._data, self._indices, self._indptr, self._bias, self.out_mode,
@@ -241,10 +253,13 @@ class ModelPlan:
             bad = run_parallel(_kp.forward_parallel, *args, min(n, n_threads))
         else:
             bad = _kp.forward_serial(*args, 1)
-        return None if bad else Y
+        return None if bad and not checked else Y
 
-    def _layers(self, X, n_threads: int):
-        if not np.isfinite(X).all():
+    def _layers(self, X, n_threads: int, checked: bool = False):
+        # One summing pass instead of an isfinite mask: NaN or inf anywhere makes the sum
+        # non-finite (so does an overflowing sum of huge values: the caller then validates X
+        # and calls again with checked=True).
+        if not checked and not math.isfinite(X.sum()):
             return None
         forced = _forced_method() or "auto"
         ops = self._ops

@@ -74,6 +74,11 @@ SERIAL_WORK_SPMV = 32_000
 #: Longer products, like a large matrix-vector product that needs both
 #: cores' memory bandwidth, keep all BLAS threads.
 SMALL_DENSE_S = 3e-4
+#: Products below this many multiply-adds are left alone: OpenBLAS runs them
+#: on one thread anyway (its GEMM threading threshold is 65536 x 4 = 2^18
+#: for m * n * k), and switching its thread count costs about 8 us per switch
+#: (measured: a 10 x 100 output layer at batch 256 went from 28 to 45 us).
+BLAS_THREADED_MACS = 1 << 18
 #: Output rows per chunk of the tiled SpMM layout (their partial sums, 128 x
 #: 64 lanes, stay in L1/L2 while the chunk's panels go by). Ranges of whole
 #: chunks are what threads share when they split W's rows.
@@ -866,7 +871,8 @@ class SparseLinear:
     def _run(self, path: str, X, n_threads: int, among_sparse: bool) -> np.ndarray:
         self.last_path = path
         if path == "dense":
-            one_thread = among_sparse and self._decision(X.shape[0], "auto", n_threads).predicted_dense_s < SMALL_DENSE_S
+            one_thread = (among_sparse and X.shape[0] * self.shape[0] * self.shape[1] >= BLAS_THREADED_MACS
+                          and self._decision(X.shape[0], "auto", n_threads).predicted_dense_s < SMALL_DENSE_S)
             return _dense_forward(X, self._dense(), self.bias, self._has_bias, self._act, one_thread)
         return _sparse_forward(X, self._data, self._indices, self._indptr, self.bias, self._act,
                                self.shape[0], self._parts, self._tiled, self._spmv_cols, self._steps, n_threads)
