@@ -10,14 +10,51 @@ propagate exactly as they do in numpy.
 """
 from __future__ import annotations
 
+import logging
 import types
 from typing import Callable
 
 import numba
+from numba.core import event as _event
 from numba.core import types as _types
 from numba.core.extending import intrinsic
 
 FASTMATH = frozenset({"reassoc", "contract"})
+
+#: The project's logger: silent in library use (a NullHandler); the CLI shows INFO on stderr.
+log = logging.getLogger("sparseprune")
+log.addHandler(logging.NullHandler())
+
+
+class _CompileNotice(_event.Listener):
+    """Says once per process, on the ``sparseprune`` logger, that a kernel is being compiled.
+
+    A call that finds its kernel in numba's on-disk cache loads it in
+    milliseconds; one that must compile takes seconds, which a user should
+    not mistake for a hang. numba announces real compilations (not cache
+    loads) as ``numba:compile`` events.
+    """
+
+    def __init__(self) -> None:
+        self.said = False
+        self.t0 = 0.0
+        self.depth = 0
+
+    def on_start(self, event) -> None:
+        data = event.data or {}
+        py_func = getattr(data.get("dispatcher"), "py_func", None)
+        if self.said or not getattr(py_func, "__module__", "").startswith("sparseprune.kernels"):
+            return
+        self.said = True
+        log.info("compiling sparseprune's numba kernels for their first use (%s.%s and others; a few "
+                 "seconds each, once: they are cached on disk)", py_func.__module__.rsplit(".", 1)[-1],
+                 py_func.__name__)
+
+    def on_end(self, event) -> None:
+        pass
+
+
+_event.register("numba:compile", _CompileNotice())
 
 _COMMON = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 

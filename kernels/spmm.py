@@ -451,29 +451,26 @@ def tile_csr(data, indices, indptr, rows_per_chunk, panel, n_panels, multiple):
     return tdata, tcols, seg
 
 
-@jit(fastmath=_NO_REASSOC)
+@jit
 def spmv(data, indices, indptr, x, bias, act, row_starts, y):
-    """``y[i] = act(sum_p data[p] * x[indices[p]] + bias[i])`` for one input vector."""
+    """``y[i] = act(sum_p data[p] * x[indices[p]] + bias[i])`` for one input vector.
+
+    One plain loop per row over views of the row's values and columns, with
+    reassociation allowed: LLVM vectorises it with gathers (16 float32 lanes
+    on AVX-512). Measured on 4096 x 4096, 2 threads: 1.15-1.5x the
+    throughput of the earlier four-scalar-chains loop at 5-30% density.
+    """
+    zero = data.dtype.type(0)
     for t in range(row_starts.size - 1):
         for i in range(row_starts[t], row_starts[t + 1]):
-            # Four partial sums: four independent add chains instead of one,
-            # since LLVM does not vectorise this gather reduction by itself.
-            s0 = data.dtype.type(0)
-            s1 = s0
-            s2 = s0
-            s3 = s0
-            p = np.uint64(indptr[i])
-            end = np.uint64(indptr[i + 1])
-            while p + _U4 <= end:
-                s0 += data[p] * x[np.uint64(indices[p])]
-                s1 += data[p + _U1] * x[np.uint64(indices[p + _U1])]
-                s2 += data[p + _U2] * x[np.uint64(indices[p + _U2])]
-                s3 += data[p + _U3] * x[np.uint64(indices[p + _U3])]
-                p += _U4
-            while p < end:
-                s0 += data[p] * x[np.uint64(indices[p])]
-                p += _U1
-            y[i] = _activate((s0 + s1) + (s2 + s3) + bias[i], act, data.dtype.type(0))
+            p0 = indptr[i]
+            p1 = indptr[i + 1]
+            d = data[p0:p1]
+            c = indices[p0:p1]
+            s = zero
+            for k in range(d.size):
+                s += d[k] * x[c[k]]
+            y[i] = _activate(s + bias[i], act, zero)
 
 
 def _spmv_forward(data, indices, indptr, X, bias, act, row_starts):
@@ -495,7 +492,7 @@ def _spmv_forward(data, indices, indptr, X, bias, act, row_starts):
     return Y, probe != probe
 
 
-spmv_forward_serial, spmv_forward_par = jit_variants(_spmv_forward, fastmath=_NO_REASSOC)
+spmv_forward_serial, spmv_forward_par = jit_variants(_spmv_forward)
 
 
 def _spmv_rows(data, indices, indptr, X, bias, act, row_starts, Y):

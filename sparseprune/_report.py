@@ -174,30 +174,60 @@ def plot_accuracy_vs_sparsity(mlp: dict, path: Path) -> str:
     return _save(fig, path)
 
 
+def _clip_axis(ax, values: Sequence[float], axis: str = "y") -> float | None:
+    """Fit the axis to the bulk of the values: from 0 to 1.25x their 80th percentile when one
+    outlier would stretch it more than 2x (the outliers are then drawn at the edge, marked).
+
+    Returns the upper limit when clipping, else None.
+    """
+    vals = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not vals:
+        return None
+    bulk = vals[min(len(vals) - 1, int(0.8 * len(vals)))]
+    top = 1.25 * bulk
+    if vals[-1] <= 2 * top:
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(0, 1.08 * vals[-1])
+        return None
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(0, top)
+    return top
+
+
 def plot_latency_vs_sparsity(mlp: dict, path: Path) -> str:
-    """Median predict latency (IQR error bars) of each pruned model and of the dense model, per batch size."""
+    """Median predict latency (IQR error bars) of each pruned model and of the dense model, per batch size.
+
+    Linear axes from 0; a value more than 2x above the bulk of the others is drawn at the top
+    edge as a triangle labelled with its value, so one slow timing cannot squash the rest.
+    """
     batches = sorted({b for r in mlp["rows"] for b in r.get("latency", {})}, key=int)
     fig, axes = _figure(max(1, len(batches)))
     for ax, b in zip(axes, batches):
         rows = _rows_with(mlp["rows"], b)
         sweep = sorted((r for r in rows if r["kind"] in ("dense", "weight_pruning")), key=lambda r: r["sparsity"])
         elim = [r for r in rows if r["kind"] == "neuron_elimination"]
-        for group, key, style, label in ((sweep, "pruned", "o-", "pruned model"),
-                                         (sweep, "dense", "x--", "dense model (same run)"),
-                                         (elim, "pruned", "s", "+ neuron elimination")):
+        groups = ((sweep, "pruned", "o-", "tab:blue", "pruned model"),
+                  (sweep, "dense", "x--", "tab:orange", "dense model (same run)"),
+                  (elim, "pruned", "s", "tab:green", "+ neuron elimination"))
+        all_med = [r["latency"][b][key]["median_s"] * 1e6 for g, key, *_ in groups for r in g]
+        top = _clip_axis(ax, all_med)
+        for group, key, style, color, label in groups:
             if not group:
                 continue
             xs = [100 * r["sparsity"] for r in group]
             med = [r["latency"][b][key]["median_s"] * 1e6 for r in group]
             lo = [m - r["latency"][b][key]["q1_s"] * 1e6 for m, r in zip(med, group)]
             hi = [r["latency"][b][key]["q3_s"] * 1e6 - m for m, r in zip(med, group)]
-            ax.errorbar(xs, med, yerr=[lo, hi], fmt=style, capsize=3, label=label)
-        ax.set_yscale("log")
+            shown = [min(m, top) if top else m for m in med]
+            ax.errorbar(xs, shown, yerr=[lo, hi], fmt=style, color=color, capsize=3, label=label)
+            for x, m in zip(xs, med):
+                if top and m > top:
+                    ax.plot([x], [top], "^", color=color, ms=9, clip_on=False)
+                    ax.annotate(f"{m:,.0f} µs (off scale)", (x, top), textcoords="offset points", xytext=(6, -12),
+                                fontsize=7, color=color)
         ax.set_xlabel("weight sparsity (%)")
         ax.set_ylabel("predict latency per batch (µs, median, IQR bars)")
         ax.set_title(f"batch {b}")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
     return _save(fig, path)
 
 
@@ -212,25 +242,42 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+_MARKERS = "osD^vP*Xh<>p"
+
+
 def plot_pareto(mlp: dict, path: Path) -> str:
-    """Accuracy against latency for every MLP variant, per batch size, with the Pareto front."""
+    """Accuracy against latency for every MLP variant, per batch size, with the Pareto front.
+
+    Each model has its own marker and colour, named in one legend below the panels (text
+    labels next to the points overlapped wherever two models had similar latency).
+    """
     batches = sorted({b for r in mlp["rows"] for b in r.get("latency", {})}, key=int)
     fig, axes = _figure(max(1, len(batches)))
+    fig.set_figheight(5.2)
+    labels = [r["label"] for r in mlp["rows"]]
+    handles = {}
     for ax, b in zip(axes, batches):
         rows = _rows_with(mlp["rows"], b)
         pts = [(r["latency"][b]["pruned"]["median_s"] * 1e6, 100 * r["accuracy"]) for r in rows]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3)
-        for r, (x, y) in zip(rows, pts):
-            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        top = _clip_axis(ax, [p[0] for p in pts], axis="x")
         front = pareto_front(pts)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="tab:red",
-                alpha=0.6, label="Pareto front")
-        ax.set_xscale("log")
+        if len(front) > 1:
+            ax.step([min(pts[i][0], top or math.inf) for i in front], [pts[i][1] for i in front], where="post",
+                    color="tab:red", alpha=0.5, lw=1.5, zorder=1)
+        for i, (r, (x, y)) in enumerate(zip(rows, pts)):
+            k = labels.index(r["label"])
+            shown = min(x, top) if top else x
+            h = ax.scatter([shown], [y], marker=_MARKERS[k % len(_MARKERS)], s=55, zorder=3,
+                           color=f"C{k % 10}", edgecolors="black" if i in front else "none", linewidths=1.2)
+            handles.setdefault(r["label"], h)
+            if top and x > top:
+                ax.annotate(f"{x:,.0f} µs →", (shown, y), textcoords="offset points", xytext=(-40, 6), fontsize=7)
         ax.set_xlabel("predict latency per batch (µs, median)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"accuracy vs latency, batch {b}")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.set_title(f"accuracy vs latency, batch {b} (outlined: Pareto front)")
+        ax.grid(alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3, fontsize=8,
+               frameon=False)
     return _save(fig, path)
 
 

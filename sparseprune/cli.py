@@ -606,6 +606,7 @@ def _pruning_curves(est, gains: np.ndarray, X_test: np.ndarray, y_test: np.ndarr
 
 def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
     import sparseprune as sp
+    import sklearn.base
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.tree import DecisionTreeClassifier
 
@@ -664,14 +665,16 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
     if not curves.get("cost_complexity"):
         curves["cost_complexity"] = [{"param": r["param"], "nodes": r["nodes"], "accuracy": r["accuracy"]}
                                      for r in rows if r["kind"] == "cost_complexity"]
-    if family == "tree":
-        # scikit-learn's own answer: refit with ccp_alpha along its pruning path.
-        pick = np.unique(np.quantile(alphas, np.linspace(0.0, 0.995, 8 if run.quick else 25)))
-        curves["ccp_path"] = []
-        for a in run.progress(pick, "tree: sklearn ccp path"):
-            m = DecisionTreeClassifier(random_state=seed, ccp_alpha=float(a)).fit(X, y)
-            curves["ccp_path"].append({"param": float(a), "nodes": int(m.tree_.node_count),
-                                       "accuracy": float(m.score(Xt, yt))})
+    # scikit-learn's own answer: refit with ccp_alpha along its pruning path (for the forest,
+    # the path of one tree fitted on the same data, and fewer points: each is a forest refit).
+    n_pick = (8 if run.quick else 25) if family == "tree" else (3 if run.quick else 8)
+    pick = np.unique(np.quantile(alphas, np.linspace(0.0, 0.995, n_pick)))
+    curves["ccp_path"] = []
+    for a in run.progress(pick, f"{family}: sklearn ccp path"):
+        m = sklearn.base.clone(est).set_params(ccp_alpha=float(a)).fit(X, y)
+        nodes = (int(m.tree_.node_count) if family == "tree"
+                 else int(sum(t.tree_.node_count for t in m.estimators_)))
+        curves["ccp_path"].append({"param": float(a), "nodes": nodes, "accuracy": float(m.score(Xt, yt))})
     return {"title": title, "family": family, "dataset": ds.name, "batches": batches,
             "latency_meaning": "dense = scikit-learn predict of the unpruned model"
                                + (f" (faster of n_jobs={n_jobs} and n_jobs=1)" if variants else "")
@@ -997,6 +1000,19 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------- entry point
+def _log_to_stderr() -> None:
+    """Show the library's INFO messages (e.g. "compiling kernels for their first use") on stderr, once."""
+    import logging
+
+    log = logging.getLogger("sparseprune")
+    if not any(getattr(h, "_sparseprune_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("sparseprune: %(message)s"))
+        handler._sparseprune_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sparseprune`` command; returns the exit code (never raises on bad usage).
 
@@ -1015,6 +1031,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             raise UsageError("choose a command: demo (the pruning study) or bench (kernel sweeps) "
                              "(see 'sparseprune --help')")
+        if not args.quiet:
+            _log_to_stderr()
         return args.func(args, argv)
     except UsageError as exc:
         print(f"sparseprune: error: {exc}", file=sys.stderr)

@@ -32,14 +32,14 @@ from sparseprune._validation import check_int, check_number, index_dtype
 from sparseprune.masking import global_magnitude_prune, magnitude_prune, threshold_mask
 from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
 from sparseprune.plan import ModelPlan
-from sparseprune.spmm import SparseLinear, explain, linear
+from sparseprune.spmm import SparseLinear, linear
 
 __all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
 
 # ---------------------------------------------------------------------------
-# The sparse inference dispatcher (sparseprune/spmm.py). A fitted model's
-# forward pass (``_BaseMLP._hidden_activations``) runs each layer through
-# ``_layer_forward``; every dispatcher question goes through ``_dispatch_choice``.
+# Inference. predict / predict_proba run the model's plan (sparseprune/plan.py,
+# ``_BaseMLP.plan_``); ``_layer_forward`` is the layer-by-layer pass that
+# eliminate_neurons uses to read hidden activations.
 # ---------------------------------------------------------------------------
 def _layer_forward(layer: "Layer", X, activation, among_sparse: bool = False):
     """``act(X @ W.T + b)`` for one layer through the dispatcher; returns ``(output, ran_sparse)``.
@@ -58,11 +58,6 @@ def _layer_forward(layer: "Layer", X, activation, among_sparse: bool = False):
 def _n_rows(X) -> int:
     shape = np.shape(X)
     return int(shape[0]) if len(shape) == 2 else 0
-
-
-def _dispatch_choice(W, batch_size):
-    """Which path ("dense" or "sparse") the dispatcher takes for W at this batch size."""
-    return explain(batch_size, SparseLinear(W) if sparse.issparse(W) else W).path
 
 
 def _prune_global(weights, sparsity):
@@ -875,9 +870,9 @@ class _BaseMLP(BaseEstimator):
             ``csr_bytes`` (data + indices + indptr; None for a dense layer; the
             total row counts dense layers at their dense bytes, i.e. the model as stored),
             ``flops_dense`` (2*out*in per sample), ``flops_sparse`` (2*nnz per
-            sample), ``bias_params``, ``format`` ("dense"/"csr") and ``path``
-            ("dense" or "sparse": what :func:`sparseprune.explain` says the
-            dispatcher picks for this layer at ``batch_size``).
+            sample), ``bias_params``, ``format`` ("dense"/"csr"), ``path``
+            ("dense" or "sparse": what the layer runs at ``batch_size`` when
+            called on its own, as measured on its calls so far) and ``why``.
         """
         check_is_fitted(self)
         batch_size = check_int(batch_size, "batch_size", low=1)
@@ -891,10 +886,17 @@ class _BaseMLP(BaseEstimator):
             else:
                 csr_bytes = None
             nnz = layer.nnz
+            if layer.is_sparse:
+                # The layer's own prepared operator, the one predict runs: its measured choice.
+                act = self.activation if i < len(self.layers_) - 1 else None
+                d = layer._prepared(act).explain(batch_size)
+                path, why = d.path, d.reason
+            else:
+                path, why = "dense", "the weight is a dense array (BLAS, or a dense dot product in the fused call)"
             rows.append(dict(layer=i, shape=(out, inp), nnz=nnz, density=nnz / max(1, out * inp),
                              dense_bytes=out * inp * item, csr_bytes=csr_bytes, flops_dense=2 * out * inp,
                              flops_sparse=2 * nnz, bias_params=out, format="csr" if layer.is_sparse else "dense",
-                             path=_dispatch_choice(W, batch_size)))
+                             path=path, why=why))
         tot_size = sum(r["shape"][0] * r["shape"][1] for r in rows)
         nnz = sum(r["nnz"] for r in rows)
         rows.append(dict(layer="total", shape=None, nnz=nnz, density=nnz / max(1, tot_size),
@@ -903,7 +905,7 @@ class _BaseMLP(BaseEstimator):
                                        for r in rows),
                          flops_dense=sum(r["flops_dense"] for r in rows),
                          flops_sparse=sum(r["flops_sparse"] for r in rows),
-                         bias_params=sum(r["bias_params"] for r in rows), format=None, path=None))
+                         bias_params=sum(r["bias_params"] for r in rows), format=None, path=None, why=None))
         return rows
 
     # -- persistence ---------------------------------------------------------------

@@ -254,3 +254,20 @@ def test_fused_kernel_matches_numpy(net):
 
 def test_fused_kernel_reports_output_modes():
     assert (kplan.OUT_NONE, kplan.OUT_SOFTMAX, kplan.OUT_BINARY) == (0, 1, 2)
+
+
+def test_compile_notice_is_said_once_and_only_for_our_kernels(caplog):
+    from types import SimpleNamespace
+
+    from sparseprune.kernels import _jit
+    from sparseprune.kernels import spmm as kspmm
+
+    ours = SimpleNamespace(data={"dispatcher": kspmm.csr_status})
+    theirs = SimpleNamespace(data={"dispatcher": SimpleNamespace(py_func=len)})
+    notice = _jit._CompileNotice()
+    with caplog.at_level("INFO", logger="sparseprune"):
+        notice.on_start(theirs)
+        assert not caplog.records
+        notice.on_start(ours)
+        notice.on_start(ours)
+    assert len(caplog.records) == 1 and "compiling" in caplog.text and "csr_status" in caplog.text
