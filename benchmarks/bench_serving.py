@@ -5,9 +5,12 @@ as ``relu(X @ W.T + b)`` per layer and a softmax, no validation. Each model is
 timed as a block (warm-up calls, then timed calls, median and p90), blocks in
 two passes of opposite order, BLAS and numba on the same thread count.
 
+Also the cost of the plan's measuring: a fresh model's first 100 calls against
+the same calls with its choices already known.
+
 Run: ``pytest benchmarks/bench_serving.py -o python_files='bench_*.py' -s``
-(or ``python benchmarks/bench_serving.py``). ``SPARSEPRUNE_BENCH_QUICK=1``
-shrinks it to a smoke run.
+(or ``python benchmarks/bench_serving.py [--big | --cost]``).
+``SPARSEPRUNE_BENCH_QUICK=1`` shrinks it to a smoke run.
 """
 from __future__ import annotations
 
@@ -104,6 +107,46 @@ def print_rows(rows):
               f" {st['bare'][0] / st['dense'][0]:10.2f}x")
 
 
+def measuring_cost(n_calls=100):
+    """Total time of a fresh model's first ``n_calls`` calls against the same calls with its
+    choices already known (a copy whose plan was measured and frozen beforehand), per case.
+
+    Kernels are compiled before either is timed, so this is the cost of measuring itself:
+    the calls that ran the slower candidate, the warm-up calls, a dense copy of the weights.
+    """
+    rng = np.random.default_rng(3)
+    out = []
+    cases = [(64, (300, 100), 10, 1), (64, (300, 100), 10, 256), (784, (300, 100), 10, 1),
+             (784, (300, 100), 10, 256)] if not QUICK else [(16, (8,), 2, 1)]
+    for n_in, hidden, n_out, b in cases:
+        base = _fit(n_in, hidden, n_out).prune(sparsity=0.95, scope="layer")
+        X = rng.standard_normal((b, n_in)).astype(np.float32)
+        warm = copy.deepcopy(base)  # compiles every kernel either path needs
+        for _ in range(60):
+            warm.predict_proba(X)
+        known = copy.deepcopy(base)
+        for _ in range(60):
+            known.predict_proba(X)
+        known.plan_.freeze()
+        fresh = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            fresh.predict_proba(X)
+        t_fresh = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            known.predict_proba(X)
+        t_known = time.perf_counter() - t0
+        out.append((f"{n_in}-{'-'.join(map(str, hidden))}-{n_out} at 95%", b, t_fresh, t_known))
+    return out
+
+
+def print_cost(rows):
+    print(f"\n{'model':28s} {'batch':>5s}  first 100 calls, fresh   same calls, choices known   overhead")
+    for name, b, tf, tk in rows:
+        print(f"{name:28s} {b:5d}  {tf * 1e3:18.2f} ms   {tk * 1e3:22.2f} ms   {100 * (tf / tk - 1):+7.1f}%")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def same_threads():
     with sparseprune.thread_limit(os.cpu_count()):
@@ -112,8 +155,10 @@ def same_threads():
 
 def test_serving_table(capsys):
     rows = serving_rows()
+    cost = measuring_cost()
     with capsys.disabled():
         print_rows(rows)
+        print_cost(cost)
     for _, _, st in rows:
         assert all(np.isfinite(v[0]) for v in st.values())
 
@@ -122,4 +167,7 @@ if __name__ == "__main__":
     import sys
 
     with sparseprune.thread_limit(os.cpu_count()):
-        print_rows(serving_rows(shapes=SHAPES + ([BIG] if "--big" in sys.argv else [])))
+        if "--cost" in sys.argv:
+            print_cost(measuring_cost())
+        else:
+            print_rows(serving_rows(shapes=SHAPES + ([BIG] if "--big" in sys.argv else [])))
