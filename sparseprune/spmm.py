@@ -2,10 +2,13 @@
 
 :func:`linear` is the one entry point; :class:`SparseLinear` is the same
 computation with the weights validated and prepared once, for layers that are
-called many times (an MLP's ``predict``). Both pick, per call, between dense
-BLAS (``numpy`` matmul) and the numba kernels in
-:mod:`sparseprune.kernels.spmm`, from a per-machine calibration (see
-:func:`calibrate`); :func:`explain` tells which path a call takes and why.
+called many times (an MLP's ``predict``). A ``SparseLinear`` measures dense
+BLAS (``numpy`` matmul) against the numba kernels in
+:mod:`sparseprune.kernels.spmm` on its own first calls, per batch-size bucket
+and thread count (:mod:`sparseprune._dispatch`), and keeps the faster; a
+cost model (:mod:`sparseprune._calibration`) only rules out hopeless
+candidates and decides one-off :func:`linear` calls. :func:`explain` tells
+which path a call takes and why.
 
 NaN and inf in ``X`` propagate exactly as in the dense product: a dense
 ``X @ W.T`` multiplies every input by every weight, zeros included, and
@@ -671,9 +674,11 @@ class SparseLinear:
     The weights are checked (shape, dtype, index ranges), canonicalised (sorted,
     duplicates summed) and copied at construction, so later changes to the
     caller's ``W`` do not affect the layer; nnz-balanced row partitions are
-    computed once per thread count. Each call then only checks ``X`` and picks
-    dense BLAS or the sparse kernel from the calibration; when dense wins, a
-    dense copy of ``W`` is made once and kept (``out * in`` values of memory).
+    computed once per thread count. Each call then only checks ``X`` and runs
+    dense BLAS or the sparse kernel, whichever measured faster on this layer's
+    first calls of that batch size (see :meth:`explain`, :meth:`freeze`); a
+    dense copy of ``W`` is made once, when dense is first measured or
+    chosen, and kept (``out * in`` values of memory).
 
     Wraps :func:`sparseprune.kernels.spmm.spmm_forward` (batches) and
     :func:`sparseprune.kernels.spmm.spmv` (batch 1).
@@ -1046,10 +1051,10 @@ def calibrate(force: bool = False, *, n_threads: int | None = None) -> dict:
     The table lives in ``$SPARSEPRUNE_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/sparseprune``, else ``~/.cache/sparseprune``
     (``calibration.json``), one entry per CPU, thread count and library
-    versions. Without ``force`` a cached table is reused. :func:`linear`
-    calibrates on its own at first need, except when the environment variable
-    ``CI`` is set or ``SPARSEPRUNE_CALIBRATION=default``: then a built-in
-    conservative table is used.
+    versions. Without ``force`` a cached table is reused. Nothing calls this
+    for you: until it is called in a process, the dispatcher's cost model uses
+    the built-in table (it only rules out candidates predicted 4x slower; the
+    choice itself is measured on the layer's own calls).
 
     Parameters
     ----------
