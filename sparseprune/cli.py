@@ -395,7 +395,6 @@ def _latency(run: _Run, X: np.ndarray, dense: Callable, pruned: Callable, batche
 
 def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[int]) -> dict:
     """Weight counts and storage of a fitted MLP's layers (CSR or dense), weights only for bytes."""
-    import sparseprune as sp
     from sparseprune.masking import sparsity_info
 
     nnz = dense_bytes = csr_bytes = biases = 0

@@ -421,10 +421,12 @@ class _BaseMLP(BaseEstimator):
         """Raw output (before the output activation) through the inference dispatcher."""
         return self._hidden_activations(X, len(self.layers_) - 1)
 
-    def _hidden_activations(self, X, upto: int) -> np.ndarray:
-        """Output of layer ``upto`` (0-based; hidden layers activated, the last one raw)."""
+    def _hidden_activations(self, X, upto: int, layers=None) -> np.ndarray:
+        """Output of layer ``upto`` (0-based; hidden layers activated, the last one raw) of
+        ``layers`` (default: the model's)."""
+        layers = self.layers_ if layers is None else layers
         H = X
-        last = len(self.layers_) - 1
+        last = len(layers) - 1
         n = _n_rows(X)
         # When some layer runs a parallel sparse kernel, short dense layers keep
         # BLAS on one thread: its idle workers would spin against our kernels
@@ -433,8 +435,8 @@ class _BaseMLP(BaseEstimator):
         # pruning, batch 256, took 354 us with one BLAS thread, 287 us with two.
         n_threads = numba.get_num_threads()
         parallel_sparse = n_threads > 1 and any(
-            self.layers_[i].is_sparse
-            and self.layers_[i]._prepared(self.activation if i < last else None)._runs_parallel(n, n_threads)
+            layers[i].is_sparse
+            and layers[i]._prepared(self.activation if i < last else None)._runs_parallel(n, n_threads)
             for i in range(upto + 1))
         # Layer by layer: each sparse layer packs its own input per thread
         # (SparseLinear's fused forward). Handing packed activations from one
@@ -443,7 +445,7 @@ class _BaseMLP(BaseEstimator):
         # pruning, batch 16-256, 2 threads (the chained kernels split weight
         # rows between the threads, so each read activations the other wrote).
         for i in range(upto + 1):
-            H, _ = _layer_forward(self.layers_[i], H, self.activation if i < last else None, parallel_sparse)
+            H, _ = _layer_forward(layers[i], H, self.activation if i < last else None, parallel_sparse)
         return H
 
     def _batch_size(self, n):
@@ -675,10 +677,13 @@ class _BaseMLP(BaseEstimator):
         else:
             s = _check_sparsity(sparsity)
             new = _prune_global(dense, s) if scope == "global" else [_prune_layer(W, s) for W in dense]
+        layers = []
         for layer, W in zip(self.layers_, new):
             W = sparse.csr_array(W)
             W.sort_indices()
-            layer.weight = W
+            layers.append(Layer(W, layer.bias))
+        # One assignment: a predict running in another thread sees the old layers or the new ones.
+        self.layers_ = layers
         return self
 
     def fine_tune(self, X, y, epochs: int = 10, learning_rate: float | None = None):
@@ -822,12 +827,15 @@ class _BaseMLP(BaseEstimator):
         if not np.isfinite(X).all():
             raise ValueError("X_calib contains NaN or inf; pass finite calibration data.")
         removed = []
-        for l in range(len(self.layers_) - 1):
-            A = np.asarray(self._hidden_activations(X, l))
+        # Work on a copy of the layer list and swap it in at the end: a predict running in
+        # another thread sees the old network or the new one, never layers of mismatched widths.
+        layers = list(self.layers_)
+        for l in range(len(layers) - 1):
+            A = np.asarray(self._hidden_activations(X, l, layers))
             st = activation_scores(A)
             n = A.shape[1]
             if criterion in ("l1", "l2"):
-                W = self.layers_[l + 1].weight if weights == "outgoing" else self.layers_[l].weight
+                W = layers[l + 1].weight if weights == "outgoing" else layers[l].weight
                 score = weight_norm_scores(W, ord=int(criterion[1]), direction=weights)
             elif criterion == "apoz":
                 score = -st["apoz"]  # high APoZ = bad = low score
@@ -842,11 +850,12 @@ class _BaseMLP(BaseEstimator):
             if drop.all():
                 drop[int(np.argmax(score))] = False
             values = np.where(st["constant"], st["value"], st["value"] if fold_mean else 0.0)
-            a, b = self.layers_[l], self.layers_[l + 1]
+            a, b = layers[l], layers[l + 1]
             W1, b1, W2, b2 = remove_neurons(a.weight, a.bias, b.weight, b.bias, ~drop, values)
-            self.layers_[l] = Layer(W1, b1)
-            self.layers_[l + 1] = Layer(W2, b2)
+            layers[l] = Layer(W1, b1)
+            layers[l + 1] = Layer(W2, b2)
             removed.append(int(drop.sum()))
+        self.layers_ = layers
         self.neurons_removed_ = removed
         # The hyperparameter follows the network it describes, so repr, get_params,
         # save/load and to_sklearn all tell the widths the layers really have.

@@ -25,7 +25,6 @@ another thread during a call gives the old model's answer.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from sparseprune._dispatch import Choice, bucket_of
 from sparseprune._threading import _num_threads_now, run_parallel
+from sparseprune.spmm import _activate_inplace, _forced_method
 from sparseprune.kernels import plan as _kp
 from sparseprune.kernels import spmm as _ks
 
@@ -59,11 +59,6 @@ FUSED_PARALLEL_WORK = 400_000
 _OUT_MODES = {"softmax": _kp.OUT_SOFTMAX, "logistic": _kp.OUT_BINARY, "identity": _kp.OUT_NONE}
 
 
-def _forced_method() -> str | None:
-    m = os.environ.get("SPARSEPRUNE_METHOD", "").strip().lower()
-    return m if m in ("dense", "sparse") else None
-
-
 class _DenseOp:
     """A dense layer on BLAS: ``act(X @ W.T + b)``, no checks (the plan checked X)."""
 
@@ -72,27 +67,12 @@ class _DenseOp:
     def __init__(self, W, b, act: int) -> None:
         self.W, self.b, self.act = W, b, act
 
-    def __call__(self, X, among_sparse: bool = False):
+    def __call__(self, X):
         Y = X @ self.W.T
         Y += self.b
         if self.act:
             _activate_inplace(Y, self.act)
         return Y
-
-
-def _logistic(Z):
-    """Stable logistic of ``Z`` (exp of non-positive arguments only), Z's dtype."""
-    E = np.exp(-np.abs(Z))
-    return (np.where(Z >= 0, 1, E) / (1 + E)).astype(Z.dtype, copy=False)
-
-
-def _activate_inplace(Y, act: int) -> None:
-    if act == 1:
-        np.maximum(Y, 0, out=Y)
-    elif act == 2:
-        np.tanh(Y, out=Y)
-    elif act == 3:
-        Y[...] = _logistic(Y)
 
 
 def _finish(H, out_mode: int):

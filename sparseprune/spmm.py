@@ -378,11 +378,10 @@ def _activate_inplace(Y: np.ndarray, act: int) -> None:
     elif act == 2:
         np.tanh(Y, out=Y)
     elif act == 3:
-        # 1 / (1 + exp(-y)), in place
-        np.negative(Y, out=Y)
-        np.exp(Y, out=Y)
-        Y += 1
-        np.reciprocal(Y, out=Y)
+        # Stable logistic: exp of non-positive arguments only (1 / (1 + exp(-y)) overflows,
+        # with a RuntimeWarning, for large negative y).
+        E = np.exp(-np.abs(Y))
+        Y[...] = np.where(Y >= 0, 1, E) / (1 + E)
 
 
 def _dense_forward(X, Wd, bias, has_bias: bool, act: int, single_thread: bool = False) -> np.ndarray:
