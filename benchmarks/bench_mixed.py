@@ -17,6 +17,7 @@ import os
 import time
 import warnings
 
+import numba
 import numpy as np
 import pytest
 
@@ -84,7 +85,8 @@ def print_rows(rs):
 
 @pytest.fixture(autouse=True, scope="module")
 def same_threads():
-    with sparseprune.thread_limit(os.cpu_count()):
+    # All the threads numba started with (benchmarks/conftest.py pins the same per test).
+    with sparseprune.thread_limit(numba.config.NUMBA_NUM_THREADS):
         yield
 
 
@@ -96,5 +98,5 @@ def test_mixed_loop_table(capsys):
 
 
 if __name__ == "__main__":
-    with sparseprune.thread_limit(os.cpu_count()):
+    with sparseprune.thread_limit(numba.config.NUMBA_NUM_THREADS):
         print_rows(rows())

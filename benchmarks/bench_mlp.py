@@ -16,6 +16,7 @@ import copy
 import os
 import warnings
 
+import numba
 import numpy as np
 import pytest
 
@@ -31,7 +32,8 @@ WARMUP_S = 0.0 if QUICK else 0.15
 
 @pytest.fixture(autouse=True, scope="module")
 def same_threads():
-    with sparseprune.thread_limit(os.cpu_count()):
+    # All the threads numba started with (benchmarks/conftest.py pins the same per test).
+    with sparseprune.thread_limit(numba.config.NUMBA_NUM_THREADS):
         yield
 
 
@@ -103,7 +105,7 @@ def block_medians(models, X, names=NAMES, rounds=ROUNDS):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-@pytest.mark.parametrize("threads", sorted({1, os.cpu_count()}))
+@pytest.mark.parametrize("threads", sorted({1, numba.config.NUMBA_NUM_THREADS}))
 @pytest.mark.parametrize("batch", [1, 256])
 def test_mlp_speedup_table(models, batches, batch, threads, capsys):
     """The ratios to report: each model's median predict time vs the dense model's.

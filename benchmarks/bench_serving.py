@@ -19,6 +19,7 @@ import os
 import time
 import warnings
 
+import numba
 import numpy as np
 import pytest
 
@@ -149,7 +150,8 @@ def print_cost(rows):
 
 @pytest.fixture(autouse=True, scope="module")
 def same_threads():
-    with sparseprune.thread_limit(os.cpu_count()):
+    # All the threads numba started with (benchmarks/conftest.py pins the same per test).
+    with sparseprune.thread_limit(numba.config.NUMBA_NUM_THREADS):
         yield
 
 
@@ -166,7 +168,7 @@ def test_serving_table(capsys):
 if __name__ == "__main__":
     import sys
 
-    with sparseprune.thread_limit(os.cpu_count()):
+    with sparseprune.thread_limit(numba.config.NUMBA_NUM_THREADS):
         if "--cost" in sys.argv:
             print_cost(measuring_cost())
         else:

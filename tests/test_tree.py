@@ -77,16 +77,20 @@ def test_regressor_equals_sklearn(make, max_pad_depth):
         model.predict_proba(X)
 
 
-def test_string_labels_and_threads():
+@pytest.mark.parametrize("n", [1, 2])
+def test_string_labels_and_threads(n):
+    import numba
+
+    if n > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"numba was started with {numba.config.NUMBA_NUM_THREADS} thread(s)")
     X, y = _clf_data(classes=3)
     names = np.array(["ant", "bee", "cat"])[y]
     est = RandomForestClassifier(n_estimators=5, max_depth=9, random_state=0).fit(X, names)
     model = compile_tree(est)
     Q = _queries(X, 3000)
-    for n in (1, 2):
-        with thread_limit(n):
-            np.testing.assert_array_equal(model.predict(Q), est.predict(Q))
-        np.testing.assert_array_equal(model.predict(Q, n_threads=n), est.predict(Q))
+    with thread_limit(n):
+        np.testing.assert_array_equal(model.predict(Q), est.predict(Q))
+    np.testing.assert_array_equal(model.predict(Q, n_threads=n), est.predict(Q))
 
 
 def test_pruned_models_compile():
