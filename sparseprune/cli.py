@@ -362,29 +362,47 @@ def _batch(X: np.ndarray, b: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(X, (reps, 1))[:b] if reps > 1 else X[:b])
 
 
-def _latency(run: _Run, X: np.ndarray, dense: Callable, pruned: Callable, batches: Sequence[int],
-             extra: dict[str, Callable] | None = None, dense_variants: dict[str, Callable] | None = None,
-             settle: float | None = None) -> dict:
-    """Time dense vs pruned per batch size; speedup = dense median / pruned median.
+def _time_fns(run: _Run, fns: dict, settle: float | None) -> dict:
+    """Timings (as dicts) of ``fns``: interleaved, or with ``settle`` each as a group after a pause."""
+    if settle is None:
+        return run.time(fns)
+    res = compare(fns, repeats=run.repeats, warmup=run.warmup, min_time=run.min_time, settle=settle)
+    return {k: v.to_dict() for k, v in res.items()}
 
-    Interleaved, or with ``settle`` each one timed as a group after a pause
-    (see :func:`sparseprune._measure.compare`). ``dense_variants`` are other
-    configurations of the baseline (e.g. a forest with ``n_jobs=1``); the
-    fastest of them and ``dense`` becomes ``"dense"``, so the speedup is always
-    against the best baseline measured (``"dense_variant"`` says which).
+
+def _baseline(run: _Run, X: np.ndarray, dense: Callable, batches: Sequence[int],
+              dense_variants: dict[str, Callable] | None = None, settle: float | None = None) -> dict:
+    """The baseline's timings per batch size, measured once for a whole table (see :func:`_latency`)."""
+    out = {}
+    for b in batches:
+        Xb = _batch(X, b)
+        fns = {"dense": lambda: dense(Xb)}
+        for name, fn in (dense_variants or {}).items():
+            fns[name] = lambda fn=fn: fn(Xb)
+        out[str(b)] = _time_fns(run, fns, settle)
+    return out
+
+
+def _latency(run: _Run, X: np.ndarray, baseline: dict, pruned: Callable, batches: Sequence[int],
+             extra: dict[str, Callable] | None = None, settle: float | None = None) -> dict:
+    """Time the pruned model per batch size against ``baseline`` (from :func:`_baseline`).
+
+    speedup = baseline median / pruned median. The baseline is timed once per
+    table, in the same run: re-timing the same dense model for every row cost
+    a third of the demo's time and only added noise. Baseline variants (e.g. a
+    forest with ``n_jobs=1``) compete: the fastest becomes ``"dense"``, so the
+    speedup is always against the best baseline measured (``"dense_variant"``
+    says which).
     """
     out = {}
     for b in batches:
         Xb = _batch(X, b)
-        fns = {"dense": lambda: dense(Xb), "pruned": lambda: pruned(Xb)}
-        for name, fn in {**(extra or {}), **(dense_variants or {})}.items():
+        fns = {"pruned": lambda: pruned(Xb)}
+        for name, fn in (extra or {}).items():
             fns[name] = lambda fn=fn: fn(Xb)
-        if settle is None:
-            t = run.time(fns)
-        else:
-            res = compare(fns, repeats=run.repeats, warmup=run.warmup, min_time=run.min_time, settle=settle)
-            t = {k: v.to_dict() for k, v in res.items()}
-        best = min(["dense", *(dense_variants or {})], key=lambda k: t[k]["median_s"])
+        t = {**baseline[str(b)], **_time_fns(run, fns, settle)}
+        variants = [k for k in baseline[str(b)] if k != "dense"]
+        best = min(["dense", *variants], key=lambda k: t[k]["median_s"])
         t["dense_variant"] = best
         if best != "dense":
             t["dense_default"], t["dense"] = t["dense"], t.pop(best)
@@ -476,15 +494,17 @@ def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
     shapes = [tuple(layer.weight.shape) for layer in dense.layers_]
     weights_total = sum(o * i for o, i in shapes)
     biases_total = sum(o for o, _ in shapes)
+    # Each model timed as a group after a pause: interleaved with the dense model, every
+    # pruned call would run while the dense model's BLAS worker threads still spin on the
+    # cores (about 0.1 s after each BLAS call), which times the neighbour, not the model.
+    settle = 0.02 if run.quick else 0.12
+    base = _baseline(run, Xt, dense.predict, batches, settle=settle)
 
     def row(label: str, kind: str, model, target: float | None) -> dict:
         r = {"label": label, "kind": kind, "target_sparsity": target}
         r.update(_mlp_stats(model, weights_total, biases_total, batches))
         r["accuracy"] = float(np.mean(model.predict(Xt) == yt))
-        # Each model timed as a group after a pause: interleaved with the dense model, every
-        # pruned call would run while the dense model's BLAS worker threads still spin on the
-        # cores (about 0.1 s after each BLAS call), which times the neighbour, not the model.
-        r["latency"] = _latency(run, Xt, dense.predict, model.predict, batches, settle=0.02 if run.quick else 0.12)
+        r["latency"] = _latency(run, Xt, base, model.predict, batches, settle=settle)
         # What the model's plan ran at each batch size (measured on the calls above).
         r["ran"] = {str(b): _plan_ran(model, b) for b in batches}
         for lay, paths in zip(r["layers"], zip(*(_plan_layer_paths(model, b) for b in batches))):
@@ -518,9 +538,9 @@ def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
         "dataset": ds.name,
         "architecture": "-".join(map(str, [ds.n_features, *hidden, ds.n_classes])),
         "batches": batches,
-        "latency_meaning": "dense = the trained dense MLP's predict; pruned = this model's predict "
-                           "(its plan measures dense and sparse per layer on its first calls); each timed "
-                           "as a group after a pause",
+        "latency_meaning": "dense = the trained dense MLP's predict (timed once per batch size); pruned = "
+                           "this model's predict (its plan measures dense and sparse per layer on its first "
+                           "calls); each timed as a group after a pause",
         "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in rc.items()},
         "rows": rows,
     }
@@ -635,11 +655,13 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
         est_1 = copy.deepcopy(est).set_params(n_jobs=1)
         variants = {"dense_n_jobs_1": est_1.predict}
 
+    base = _baseline(run, Xt, est.predict, batches, variants)
+
     def row(label: str, kind: str, param: float | None, model) -> dict:
         r = {"label": label, "kind": kind, "param": param}
         r.update(_tree_stats(model, Xt, yt, nodes0))
         extra = {"pruned_sklearn": model.predict}
-        r["latency"] = _latency(run, Xt, est.predict, engine(model), batches, extra, variants)
+        r["latency"] = _latency(run, Xt, base, engine(model), batches, extra)
         r["pruned_engine"] = "sparseprune.compile_tree"
         return r
 
@@ -675,7 +697,7 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
                  else int(sum(t.tree_.node_count for t in m.estimators_)))
         curves["ccp_path"].append({"param": float(a), "nodes": nodes, "accuracy": float(m.score(Xt, yt))})
     return {"title": title, "family": family, "dataset": ds.name, "batches": batches,
-            "latency_meaning": "dense = scikit-learn predict of the unpruned model"
+            "latency_meaning": "dense = scikit-learn predict of the unpruned model (timed once per batch size)"
                                + (f" (faster of n_jobs={n_jobs} and n_jobs=1)" if variants else "")
                                + "; pruned = the pruned model through sparseprune.compile_tree",
             "rows": rows, "curves": curves, "notes": notes}
