@@ -117,6 +117,13 @@ class ModelPlan:
         self.dtype = np.dtype(layers[0].bias.dtype)
         self.n_in = int(layers[0].shape[1])
         self.shapes = [tuple(int(s) for s in layer.shape) for layer in layers]
+        for i in range(1, len(self.shapes)):
+            # The compiled kernels trust the chain of widths: a layer assigned with the wrong
+            # shape must stop here, not read past an array.
+            if self.shapes[i][1] != self.shapes[i - 1][0]:
+                raise ValueError(
+                    f"layers_[{i}] has shape {self.shapes[i]} but layers_[{i - 1}] has {self.shapes[i - 1][0]} "
+                    f"outputs: each layer's weight must be (out, in) with in = the previous layer's out.")
         # Per-layer operators (the "layers" path).
         self._ops = []
         for i, layer in enumerate(layers):

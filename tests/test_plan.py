@@ -137,6 +137,13 @@ def test_wrong_width_dtype_and_not_fitted():
         sparseprune.MLPClassifier().plan_
 
 
+def test_layers_that_do_not_chain_are_refused_clearly():
+    m, X = _fit()
+    m.layers_[1].weight = np.ones((12, 29), np.float32)  # the first hidden layer has 30 outputs
+    with pytest.raises(ValueError, match=r"layers_\[1\] has shape \(12, 29\)"):
+        m.predict(X)
+
+
 def test_plan_is_rebuilt_when_the_model_changes():
     m, X = _fit()
     p0 = m.plan_
