@@ -263,7 +263,18 @@ class ModelPlan:
 
     # -- inspection --------------------------------------------------------------
     def freeze(self) -> "ModelPlan":
-        """Fix every choice measured so far (model level and per layer): no more measuring or re-checks."""
+        """Fix every choice measured so far (model level and per layer): no more measuring or re-checks.
+
+        A bucket still measuring takes its best candidate so far (the cost
+        model's first pick if none was timed). Frozen choices are written by
+        the model's ``save`` and restored by :func:`sparseprune.load`; buckets
+        first seen after freezing are measured as usual.
+
+        Returns
+        -------
+        ModelPlan
+            ``self``.
+        """
         for ch in list(self.choices.values()):
             ch.freeze()
         for op in self._ops:
@@ -272,7 +283,22 @@ class ModelPlan:
         return self
 
     def explain(self, batch: int | None = None) -> str:
-        """A readable account of the plan: the layers, and per batch bucket what runs and why."""
+        """A readable account of the plan: the layers, and per batch bucket what runs and why.
+
+        Parameters
+        ----------
+        batch : int, optional
+            Only the bucket this batch size falls in (default: every bucket seen so far).
+
+        Returns
+        -------
+        str
+            One line per layer (shape, format, how the fused call runs it), then per
+            batch bucket and thread count the chosen path, its state (measuring,
+            measured, frozen, the only candidate), the best measured time per row
+            of each candidate and the cost model's reason; for layer-by-layer
+            passes, the same for each layer.
+        """
         lines = [f"ModelPlan: {len(self.shapes)} layers, {self.dtype} ({self.hidden_activation} hidden, "
                  f"{self.out_activation} output)"]
         for i, (shape, kind, op) in enumerate(zip(self.shapes, self.layer_kinds, self._ops)):

@@ -829,7 +829,16 @@ class SparseLinear:
                        reason=f"{ch.describe()} (cost model: {d.reason})")
 
     def freeze(self) -> "SparseLinear":
-        """Fix every dense/sparse choice measured so far; later calls neither measure nor re-check."""
+        """Fix every dense/sparse choice measured so far; later calls neither measure nor re-check.
+
+        A batch bucket still measuring takes its best path so far. Buckets first
+        seen after freezing are measured as usual.
+
+        Returns
+        -------
+        SparseLinear
+            ``self``.
+        """
         for ch in list(self._choices.values()):
             ch.freeze()
         return self
