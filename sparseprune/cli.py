@@ -448,33 +448,25 @@ _MLP_RECIPE = {"hidden": (300, 100), "max_iter": 200, "epochs": 80, "learning_ra
 _MLP_QUICK = {**_MLP_RECIPE, "hidden": (64, 32), "max_iter": 10, "epochs": 3, "fine_tune_epochs": 2}
 
 
-def _plan_layer_paths(model, batch: int) -> list[str]:
-    """Per layer, what the model's plan runs at ``batch``: "dense" or "sparse" (inside the fused
-    call or as its own call)."""
+def _plan_paths(model, batch: int) -> tuple[bool, list[str]]:
+    """What the model's plan runs at ``batch``: (all layers in one fused call?, per layer
+    "dense" or "sparse")."""
     from sparseprune._dispatch import bucket_of
     from sparseprune._threading import _num_threads_now
 
     plan = model.plan_
     key = (bucket_of(batch), _num_threads_now())
     ch = plan.choices.get(key)
-    if ch is not None and (ch.chosen or ch.next()) == "fused":
-        return list(plan.layer_kinds)
-    out = []
-    for op in plan._ops:
-        c = op._choices.get(key) if hasattr(op, "_choices") else None
-        out.append("dense" if c is None else (c.chosen or c.next()))
-    return out
+    if ch is not None and ch.next() == "fused":
+        return True, list(plan.layer_kinds)
+    return False, ["dense" if not hasattr(op, "_choices") or key not in op._choices else op._choices[key].next()
+                   for op in plan._ops]
 
 
 def _plan_ran(model, batch: int) -> str:
     """Short on-screen form: "1 call: S S D" (fused) or "S S D" (layer by layer)."""
-    from sparseprune._dispatch import bucket_of
-    from sparseprune._threading import _num_threads_now
-
-    ch = model.plan_.choices.get((bucket_of(batch), _num_threads_now()))
-    fused = ch is not None and (ch.chosen or ch.next()) == "fused"
-    letters = " ".join("S" if p == "sparse" else "D" for p in _plan_layer_paths(model, batch))
-    return ("1 call: " if fused else "") + letters
+    fused, paths = _plan_paths(model, batch)
+    return ("1 call: " if fused else "") + " ".join("S" if p == "sparse" else "D" for p in paths)
 
 
 def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
@@ -507,7 +499,7 @@ def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
         r["latency"] = _latency(run, Xt, base, model.predict, batches, settle=settle)
         # What the model's plan ran at each batch size (measured on the calls above).
         r["ran"] = {str(b): _plan_ran(model, b) for b in batches}
-        for lay, paths in zip(r["layers"], zip(*(_plan_layer_paths(model, b) for b in batches))):
+        for lay, paths in zip(r["layers"], zip(*(_plan_paths(model, b)[1] for b in batches))):
             lay["path"] = dict(zip(map(str, batches), paths))
         return r
 

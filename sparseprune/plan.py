@@ -251,8 +251,7 @@ class ModelPlan:
         forced = _forced_method() or "auto"
         ops = self._ops
         among_sparse = n_threads > 1 and any(
-            getattr(op, "_runs_parallel", None) is not None and op._runs_parallel(X.shape[0], n_threads)
-            for op in ops)
+            not isinstance(op, _DenseOp) and op._runs_parallel(X.shape[0], n_threads) for op in ops)
         H = X
         for op in ops:
             if isinstance(op, _DenseOp):

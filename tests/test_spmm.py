@@ -45,9 +45,8 @@ def random_csr(rng, n_out, n_in, density, dtype=np.float32):
 
 @pytest.fixture(autouse=True)
 def _no_measuring(tmp_path, monkeypatch):
-    """No test measures the machine unless it asks: built-in table, private cache dir."""
+    """No test reads a calibration measured earlier: built-in table, private cache dir."""
     monkeypatch.setenv("SPARSEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SPARSEPRUNE_CALIBRATION", "default")
     cal.forget()
     sparseprune.set_calibration(None)
     yield
@@ -493,7 +492,6 @@ def test_injected_table_is_validated():
 
 # ---------------------------------------------------------------- calibration
 def test_default_table_without_calibrate_and_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.delenv("SPARSEPRUNE_CALIBRATION")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     table = cal.get_table(2)
     assert table["source"] == "default"
