@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 
 import sparseprune
+
+import _timing  # benchmarks/_timing.py (the script's folder; benchmarks/conftest.py for pytest)
 from sparseprune import MLPClassifier
 
 QUICK = os.environ.get("SPARSEPRUNE_BENCH_QUICK") == "1"
@@ -66,21 +68,8 @@ def bare_numpy(model):
 
 
 def block_stats(fns, X, rounds=ROUNDS):
-    """Per callable: (median, p90) seconds of ``rounds`` timed calls after a warm-up, two passes."""
-    times = {k: [] for k in fns}
-    for order in (list(fns), list(fns)[::-1]):
-        for k in order:
-            f = fns[k]
-            f(X)
-            f(X)
-            end = time.perf_counter() + WARMUP_S
-            while time.perf_counter() < end:
-                f(X)
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                f(X)
-                times[k].append(time.perf_counter() - t0)
-    return {k: (float(np.median(v)), float(np.percentile(v, 90))) for k, v in times.items()}
+    """Per callable: (median, p90) seconds per call (see ``_timing.block_stats``)."""
+    return _timing.block_stats(fns, X, rounds, WARMUP_S)
 
 
 def serving_rows(shapes=SHAPES, batches=BATCHES, sparsity=0.95):

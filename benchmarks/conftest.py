@@ -27,10 +27,15 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from sparseprune._threading import thread_limit
+
+# Suites import shared helpers (_timing) as scripts do: from this folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 QUICK = os.environ.get("SPARSEPRUNE_BENCH_QUICK", "") not in ("", "0")
 
