@@ -32,6 +32,7 @@ _LAZY = {
     "MLPClassifier": "sparseprune.mlp", "MLPRegressor": "sparseprune.mlp", "load": "sparseprune.mlp",
     "CompiledTree": "sparseprune.tree", "PruningReport": "sparseprune.tree", "compile_tree": "sparseprune.tree",
     "prune_tree": "sparseprune.tree", "pruning_curve": "sparseprune.tree", "tree_report": "sparseprune.tree",
+    "from_onnx": "sparseprune.onnx", "to_onnx": "sparseprune.onnx",
 }
 
 
@@ -74,6 +75,8 @@ __all__ = [
     "threshold_mask",
     "get_num_threads",
     "load",
+    "from_onnx",
+    "to_onnx",
     "set_num_threads",
     "thread_limit",
     "threading_layer",

@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="LIST", help="kept fractions for the masking sweep (default 0.01,0.1,0.3,0.5)")
     bench.add_argument("--kernels", type=_choice_list(BENCH_KERNELS), default=list(BENCH_KERNELS),
                        metavar="LIST", help="which sweeps to run: linear,mask (default both)")
+    bench.add_argument("--model", default=None, metavar="FILE.onnx",
+                       help="time your own ONNX model instead of the sweeps: onnxruntime on the file, bare numpy "
+                            "on its dense weights, and sparseprune serving it, at batches 1 and 256 (or "
+                            "--batches), with the per-layer table (needs the onnx extra)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -977,34 +981,176 @@ def _print_bench(run: _Run, results: dict) -> None:
              f"{run.settle:g} s pause, two passes in opposite order), warm-up excluded; spread in bench.json")
 
 
+def _bench_model(run: _Run, path: str, batches: Sequence[int]) -> dict:
+    """An ONNX model as the user exported it: onnxruntime, bare numpy and sparseprune, same threads."""
+    import sparseprune as spp
+    from sparseprune.onnx import _read
+
+    _, info, n_features = _read(path)
+    model = spp.from_onnx(path)
+    classifier = hasattr(model, "classes_")
+    serve = model.predict_proba if classifier else model.predict
+    if info.head == "log_softmax":
+        serve = model.predict_log_proba
+    Ws = [layer.dense_weight() for layer in model.layers_]
+    bs = [layer.bias for layer in model.layers_]
+    hidden = model.activation
+    head = "logistic2" if getattr(model, "out_activation_", "") == "logistic" else info.head
+
+    def bare(X):
+        H = X
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            H = H @ W.T + b
+            if i < len(Ws) - 1:
+                H = _ACT_NUMPY[hidden](H)
+        return _HEAD_NUMPY[head](H)
+
+    fns = {"numpy dense": bare, "sparseprune": serve}
+    ort_note = None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort_note = "onnxruntime is not installed: pip install onnxruntime to compare with it"
+    else:
+        so = ort.SessionOptions()
+        n_thr = run.threads or get_num_threads()
+        so.intra_op_num_threads, so.inter_op_num_threads = n_thr, 1
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        want = info.output_names.get("scores")
+        dims = [d if isinstance(d, int) else -1 for d in (inp.shape or [])]
+
+        def on_ort(X):
+            Xo = X.reshape([X.shape[0], *dims[1:]]) if len(dims) > 2 else X
+            return sess.run([want] if want else None, {inp.name: Xo})[0]
+
+        fns = {"onnxruntime": on_ort, **fns}
+    rng = np.random.default_rng(run.args.seed)
+    dtype = model.layers_[0].bias.dtype
+    X = rng.standard_normal((max(batches), n_features)).astype(dtype)
+    rows = []
+    with _Bar(run, "model", len(batches)) as bar:
+        for b in batches:
+            Xb = np.ascontiguousarray(X[:b])
+            check = {k: np.asarray(f(Xb), dtype=np.float64) for k, f in fns.items()}
+            ref = check["sparseprune"]
+            t = _time_fns(run, {k: (lambda f=f: f(Xb)) for k, f in fns.items()}, run.settle)
+            row = {"batch": b, "timings": t, "ran": _plan_ran(model, b),
+                   "max_abs_diff": {k: _max_diff(v, ref) for k, v in check.items() if k != "sparseprune"}}
+            for k in fns:
+                if k != "sparseprune":
+                    row[f"speedup_vs_{k.split()[0]}"] = t[k]["median_s"] / t["sparseprune"]["median_s"]
+            rows.append(row)
+            bar.update()
+    report = model.sparsity_report(batch_size=max(batches))
+    fused1, paths1 = _plan_paths(model, min(batches))
+    fusedn, pathsn = _plan_paths(model, max(batches))
+    layer_rows = [dict(r, path_small=p1, path_large=pn) for r, p1, pn in zip(report[:-1], paths1, pathsn)]
+    return {"title": f"{path}: {info.producer or 'unknown producer'}, opset {info.opset}, "
+                     f"{type(model).__name__} ({' -> '.join(str(n) for n in [n_features] + [r['shape'][0] for r in report[:-1]])}), "
+                     f"{100 * (1 - report[-1]['density']):.1f}% zeros",
+            "rows": rows, "layers": layer_rows, "onnxruntime": ort_note, "batches": list(batches),
+            "head": info.head, "what": "model"}
+
+
+def _max_diff(got: np.ndarray, ref: np.ndarray) -> float:
+    """Largest |got - ref|; a one-column sigmoid output is compared with the positive-class column."""
+    got = got.reshape(ref.shape[0], -1)
+    ref = ref.reshape(ref.shape[0], -1)
+    if got.shape != ref.shape and got.shape[1] == 1:
+        ref = ref[:, -1:]
+    return float(np.max(np.abs(got - ref)))
+
+
+_ACT_NUMPY = {"relu": lambda H: np.maximum(H, 0), "tanh": np.tanh, "logistic": lambda H: 1 / (1 + np.exp(-H)),
+              "identity": lambda H: H}
+
+
+def _softmax_numpy(H):
+    E = np.exp(H - H.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+# The graph's head on the last layer's outputs, as sparseprune serves it (see _bench_model).
+_HEAD_NUMPY = {"none": lambda H: H, "softmax": _softmax_numpy, "log_softmax": lambda H: np.log(_softmax_numpy(H)),
+               "logistic2": lambda H: np.hstack([1 - (p := 1 / (1 + np.exp(-H))), p])}
+
+
+def _print_model(run: _Run, sec: dict) -> None:
+    if sec["status"] != "ok":
+        run.show(f"\nmodel: {sec['status'].upper()}: {sec['reason']}")
+        return
+    small, large = sec["batches"][0], sec["batches"][-1]
+    cols = [("layer", lambda r: r["layer"], str), ("shape", lambda r: "x".join(map(str, r["shape"])), str),
+            ("nnz", lambda r: r["nnz"], rp.fmt_int), ("density", lambda r: r["density"], rp.fmt_pct),
+            ("stored", lambda r: r["format"], str), (f"b{small} path", lambda r: r["path_small"], str),
+            (f"b{large} path", lambda r: r["path_large"], str)]
+    run.show("\n" + rp.format_table(sec["layers"], cols, title=f"== {sec['title']}"))
+    names = list(sec["rows"][0]["timings"])
+    cols = [("batch", lambda r: r["batch"], rp.fmt_int)]
+    cols += [(k, lambda r, k=k: r["timings"][k]["median_s"], rp.fmt_time) for k in names]
+    cols += [(f"vs {k.split()[0]}", lambda r, k=k: r.get(f"speedup_vs_{k.split()[0]}"), rp.fmt_x)
+             for k in names if k != "sparseprune"]
+    cols += [("ran", lambda r: r["ran"], str)]
+    run.show("\n" + rp.format_table(sec["rows"], cols, title="== latency (median per call)"))
+    diffs = sec["rows"][-1]["max_abs_diff"]
+    run.show("   outputs agree: max |difference| from sparseprune " +
+             ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    if sec["onnxruntime"]:
+        run.show(f"   {sec['onnxruntime']}")
+    run.show("   ran: S = a sparse layer, D = dense; '1 call' = all layers in one compiled call")
+
+
+def _check_model_file(path: str) -> None:
+    """Refuse an unreadable --model before any timing starts (exit code 1, one line)."""
+    try:
+        from sparseprune.onnx import _read
+
+        _read(path)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    except (ValueError, OSError) as exc:
+        raise DataError(f"--model {path}: {exc}") from None
+
+
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     t_start = time.perf_counter()
     run = _make_run(args, min_time=0.02)
     # Time each implementation as a group after a pause (see _measure.compare):
     # BLAS's spinning workers would otherwise slow whatever runs next.
     run.settle = 0.02 if args.quick else 0.15
-    n = args.size or (512 if args.quick else 4096)
-    densities = args.densities or ([0.05, 0.3] if args.quick else [0.01, 0.05, 0.1, 0.2, 0.3, 0.5])
-    batches = args.batches or ([1, 64] if args.quick else [1, 16, 64, 256])
-    mask_densities = args.mask_densities or ([0.1, 0.5] if args.quick else [0.01, 0.1, 0.3, 0.5])
     doc = _header("bench", run, argv)
-    doc["settings"].update({"size": n, "densities": densities, "batches": batches,
-                            "mask_densities": mask_densities, "kernels": args.kernels})
     results = {}
-    with thread_limit(run.threads):
-        if "linear" in args.kernels:
-            results["linear"] = _section("linear", lambda: _bench_linear(run, n, densities, batches), run)
-        if "mask" in args.kernels:
-            results["mask"] = _section("mask", lambda: _bench_mask(run, n, mask_densities), run)
-        if "dispatch" in args.kernels:
-            n_points = 6 if args.quick else 40
-            results["dispatch"] = _section(
-                "dispatch", lambda: _bench_dispatch(run, n_points, 512 if args.quick else 8192), run)
+    if args.model is not None:
+        batches = args.batches or [1, 256]
+        doc["settings"].update({"model": str(args.model), "batches": batches})
+        with thread_limit(run.threads):
+            _check_model_file(args.model)
+            results["model"] = _section("model", lambda: _bench_model(run, args.model, batches), run)
+    else:
+        n = args.size or (512 if args.quick else 4096)
+        densities = args.densities or ([0.05, 0.3] if args.quick else [0.01, 0.05, 0.1, 0.2, 0.3, 0.5])
+        batches = args.batches or ([1, 64] if args.quick else [1, 16, 64, 256])
+        mask_densities = args.mask_densities or ([0.1, 0.5] if args.quick else [0.01, 0.1, 0.3, 0.5])
+        doc["settings"].update({"size": n, "densities": densities, "batches": batches,
+                                "mask_densities": mask_densities, "kernels": args.kernels})
+        with thread_limit(run.threads):
+            if "linear" in args.kernels:
+                results["linear"] = _section("linear", lambda: _bench_linear(run, n, densities, batches), run)
+            if "mask" in args.kernels:
+                results["mask"] = _section("mask", lambda: _bench_mask(run, n, mask_densities), run)
+            if "dispatch" in args.kernels:
+                n_points = 6 if args.quick else 40
+                results["dispatch"] = _section(
+                    "dispatch", lambda: _bench_dispatch(run, n_points, 512 if args.quick else 8192), run)
     doc["sections"] = results
     doc["machine"] = machine_info()
     doc["wall_time_s"] = time.perf_counter() - t_start
     rp.write_json(run.out / "bench.json", doc)
-    _print_bench(run, results)
+    if "model" in results:
+        _print_model(run, results["model"])
+    else:
+        _print_bench(run, results)
     if args.json:
         print(rp.to_json(doc))
     else:

@@ -972,21 +972,66 @@ class _BaseMLP(BaseEstimator):
         params = {k: sk[k] for k in _SK_PARAMS if k in sk}
         if params.get("solver") not in ("adam", "sgd"):
             params["solver"] = "adam"
-        model = cls(**params)
-        model.layers_ = [Layer(np.ascontiguousarray(np.asarray(c).T), np.array(b, copy=True))
-                         for c, b in zip(est.coefs_, est.intercepts_)]
-        model.n_features_in_ = int(est.n_features_in_)
+        layers = [(np.ascontiguousarray(np.asarray(c).T), np.array(b, copy=True))
+                  for c, b in zip(est.coefs_, est.intercepts_)]
+        model = cls._fitted_from(layers, est.activation, int(est.n_features_in_), out_activation=est.out_activation_,
+                                 classes=np.asarray(est.classes_) if want is SkC else None, params=params)
         if hasattr(est, "feature_names_in_"):
             model.feature_names_in_ = est.feature_names_in_
-        model.out_activation_ = est.out_activation_
-        model.n_layers_ = est.n_layers_
-        model.n_outputs_ = est.n_outputs_
         model.n_iter_ = est.n_iter_
-        if want is SkC:
-            model.classes_ = np.asarray(est.classes_)
-        else:
-            model._y_ndim = 1 if est.n_outputs_ == 1 else 2
         return model
+
+    @classmethod
+    def _fitted_from(cls, layers, activation: str, n_features: int, *, out_activation: str = "identity",
+                     classes=None, params: dict | None = None):
+        """A fitted model made from ``(weight (out, in), bias[, ...])`` per layer (weights kept as given).
+
+        The one place that sets the fitted attributes of a model that was not
+        trained here (scikit-learn's and ONNX models).
+        """
+        if len(layers) < 2:
+            raise ValueError(f"A network of {len(layers)} layer has no hidden layer; sparseprune's MLPs have at "
+                             "least one (serve a single layer with sparseprune.SparseLinear).")
+        params = dict(params or {})
+        params["activation"] = activation
+        params["hidden_layer_sizes"] = tuple(int(layer[0].shape[0]) for layer in layers[:-1])
+        model = cls(**params)
+        model.layers_ = [Layer(layer[0], layer[1]) for layer in layers]
+        model.n_features_in_ = int(n_features)
+        model.out_activation_ = out_activation
+        model.n_layers_ = len(layers) + 1
+        model.n_outputs_ = int(layers[-1][0].shape[0])
+        model.n_iter_ = 0
+        if cls._loss == "log_loss":
+            model.classes_ = np.asarray(classes)
+        else:
+            model._y_ndim = 1 if model.n_outputs_ == 1 else 2
+        return model
+
+    @classmethod
+    def from_onnx(cls, src, *, classes=None, max_density: float = 0.5):
+        """Read an MLP from an ONNX graph (torch, Keras/tf2onnx, skl2onnx exports): see :func:`sparseprune.from_onnx`.
+
+        ``MLPClassifier.from_onnx`` also reads a graph that outputs raw logits
+        (softmax over them; a sigmoid for one output); ``MLPRegressor.from_onnx``
+        refuses a classifier head.
+        """
+        from sparseprune.onnx import from_onnx
+
+        kind = "classifier" if cls._loss == "log_loss" else "regressor"
+        if kind == "regressor" and classes is not None:
+            raise ValueError("classes is for classifiers; MLPRegressor.from_onnx takes none.")
+        return from_onnx(src, kind=kind, classes=classes, max_density=max_density)
+
+    def to_onnx(self, path=None, *, opset: int | None = None, sparse_initializers: bool = False):
+        """This model as an ONNX graph (``onnx.ModelProto``; also written to ``path`` if given).
+
+        See :func:`sparseprune.onnx.to_onnx`: one ``Gemm`` per layer, outputs
+        ``label`` and ``probabilities`` (classifier) or ``predictions``.
+        """
+        from sparseprune.onnx import to_onnx
+
+        return to_onnx(self, path, opset=opset, sparse_initializers=sparse_initializers)
 
     def to_sklearn(self):
         """A fitted scikit-learn ``MLPClassifier``/``MLPRegressor`` with this model's (densified) weights."""

@@ -898,6 +898,12 @@ class SparseLinear:
         return (_goes_parallel(self.nnz, batch, n_threads)
                 and self._choice_for(bucket_of(batch), n_threads).next() == "sparse")
 
+    def to_onnx(self, path=None, *, opset: int | None = None, sparse_initializers: bool = False):
+        """This layer as an ONNX graph ``Y = act(X @ W.T + bias)`` (one ``Gemm``; see :func:`sparseprune.onnx.to_onnx`)."""
+        from sparseprune.onnx import to_onnx
+
+        return to_onnx(self, path, opset=opset, sparse_initializers=sparse_initializers)
+
     def __repr__(self) -> str:
         return (f"SparseLinear(shape={self.shape}, dtype={self.dtype}, nnz={self.nnz}, "
                 f"density={self.density:.3g}, activation={self.activation!r})")
