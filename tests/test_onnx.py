@@ -564,3 +564,15 @@ def test_cli_bench_model_bad_files(tmp_path, capsys):
     assert "not an ONNX model" in capsys.readouterr().err
     assert main(["bench", "--model", str(tmp_path / "none.onnx"), "--quiet", "--out", str(tmp_path)]) == 1
     assert "no such ONNX file" in capsys.readouterr().err
+
+
+def test_imported_model_saves_prunes_and_fine_tunes(tmp_path, digits):
+    X, y = digits
+    Ws, bs = weights(64, (40,), 10, 0.5, seed=8)
+    model = from_onnx(torch_style(Ws, bs, head="Softmax"))
+    model.save(tmp_path / "m.npz")
+    back = sparseprune.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.predict_proba(X), model.predict_proba(X))
+    model.prune(0.9).fine_tune(X, y, epochs=2)
+    assert sum(lay.nnz for lay in model.layers_) <= 0.1 * sum(W.size for W in Ws) + 1
+    assert model.predict(X).shape == (X.shape[0],)
