@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="rows of the synthetic dataset (default 20000)")
     demo.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
                       help="use only the first N training rows (for large datasets)")
+    demo.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                      help="run the study's cells as tasks on a Dask cluster (tcp://host:8786), or 'local' for a "
+                           "LocalCluster of processes (needs the dask extra)")
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", parents=[common], help="kernel sweeps: linear vs scipy vs dense BLAS, masking vs numpy+scipy",
@@ -173,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time your own ONNX model instead of the sweeps: onnxruntime on the file, bare numpy "
                             "on its dense weights, and sparseprune serving it, at batches 1 and 256 (or "
                             "--batches), with the per-layer table (needs the onnx extra)")
+    bench.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run the linear sweep on each distinct machine of a Dask cluster, one machine at a "
+                            "time, and print the fleet's crossover densities ('local' for a LocalCluster)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -277,11 +283,17 @@ def _check_threads(n: int | None) -> int | None:
     return n
 
 
+def _timing_settings(quick: bool, repeats: int | None, min_time: float) -> dict:
+    """Timed repeats, untimed warm-up calls and seconds per repeat for a run."""
+    return {"repeats": repeats or (3 if quick else 7), "warmup": 1 if quick else 2,
+            "min_time": min_time / 5 if quick else min_time}
+
+
 def _make_run(args: argparse.Namespace, min_time: float) -> _Run:
     out = _prepare_out(args.out)
     threads = _check_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 7)
-    return _Run(args, out, threads, repeats, 1 if args.quick else 2, min_time / 5 if args.quick else min_time)
+    t = _timing_settings(args.quick, args.repeats, min_time)
+    return _Run(args, out, threads, t["repeats"], t["warmup"], t["min_time"])
 
 
 def _now() -> str:
@@ -473,23 +485,46 @@ def _plan_ran(model, batch: int) -> str:
     return ("1 call: " if fused else "") + " ".join("S" if p == "sparse" else "D" for p in paths)
 
 
+def _mlp_recipe(quick: bool, n_train: int) -> dict:
+    """The MLP study's recipe for a training set of ``n_train`` rows."""
+    rc = dict(_MLP_QUICK if quick else _MLP_RECIPE)
+    if not quick and n_train > 5000:
+        # The digits recipe would take tens of minutes on 60k rows; fewer, larger passes instead.
+        rc.update(max_iter=20, epochs=10, fine_tune_epochs=3)
+    return rc
+
+
+def _mlp_row(run: _Run, ds: Dataset, dense, model, label: str, kind: str, target: float | None,
+             base: dict | None, settle: float) -> dict:
+    """One row of the MLP table: sizes, accuracy, and (with a baseline) latency and what the plan ran."""
+    shapes = [tuple(layer.weight.shape) for layer in dense.layers_]
+    batches = _MLP_BATCHES
+    r = {"label": label, "kind": kind, "target_sparsity": target}
+    r.update(_mlp_stats(model, sum(o * i for o, i in shapes), sum(o for o, _ in shapes), batches))
+    r["accuracy"] = float(np.mean(model.predict(ds.X_test) == ds.y_test))
+    if base is not None:
+        r["latency"] = _latency(run, ds.X_test, base, model.predict, batches, settle=settle)
+        # What the model's plan ran at each batch size (measured on the calls above).
+        r["ran"] = {str(b): _plan_ran(model, b) for b in batches}
+        for lay, paths in zip(r["layers"], zip(*(_plan_paths(model, b)[1] for b in batches))):
+            lay["path"] = dict(zip(map(str, batches), paths))
+    return r
+
+
+_MLP_BATCHES = [1, 256]
+
+
 def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
     import sparseprune as sp
 
-    rc = _MLP_QUICK if run.quick else _MLP_RECIPE
-    if not run.quick and ds.X_train.shape[0] > 5000:
-        # The digits recipe would take tens of minutes on 60k rows; fewer, larger passes instead.
-        rc = {**rc, "max_iter": 20, "epochs": 10, "fine_tune_epochs": 3}
+    rc = _mlp_recipe(run.quick, ds.X_train.shape[0])
     hidden, epochs, lr = rc["hidden"], rc["epochs"], rc["learning_rate"]
-    batches = [1, 256]
-    X, y, Xt, yt = ds.X_train, ds.y_train, ds.X_test, ds.y_test
+    batches = _MLP_BATCHES
+    X, y, Xt = ds.X_train, ds.y_train, ds.X_test
 
     run.say(f"mlp: training {ds.n_features}-{'-'.join(map(str, hidden))}-{ds.n_classes} on {ds.name}")
     dense = sp.MLPClassifier(hidden_layer_sizes=hidden, random_state=run.args.seed,
                              max_iter=rc["max_iter"]).fit(X, y)
-    shapes = [tuple(layer.weight.shape) for layer in dense.layers_]
-    weights_total = sum(o * i for o, i in shapes)
-    biases_total = sum(o for o, _ in shapes)
     # Each model timed as a group after a pause: interleaved with the dense model, every
     # pruned call would run while the dense model's BLAS worker threads still spin on the
     # cores (about 0.1 s after each BLAS call), which times the neighbour, not the model.
@@ -497,15 +532,7 @@ def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
     base = _baseline(run, Xt, dense.predict, batches, settle=settle)
 
     def row(label: str, kind: str, model, target: float | None) -> dict:
-        r = {"label": label, "kind": kind, "target_sparsity": target}
-        r.update(_mlp_stats(model, weights_total, biases_total, batches))
-        r["accuracy"] = float(np.mean(model.predict(Xt) == yt))
-        r["latency"] = _latency(run, Xt, base, model.predict, batches, settle=settle)
-        # What the model's plan ran at each batch size (measured on the calls above).
-        r["ran"] = {str(b): _plan_ran(model, b) for b in batches}
-        for lay, paths in zip(r["layers"], zip(*(_plan_paths(model, b)[1] for b in batches))):
-            lay["path"] = dict(zip(map(str, batches), paths))
-        return r
+        return _mlp_row(run, ds, dense, model, label, kind, target, base, settle)
 
     rows = [row("dense", "dense", dense, 0.0)]
     steps = [s for s in sparsities if s > 0]
@@ -750,7 +777,22 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from sklearn.exceptions import ConvergenceWarning
 
     sections = {}
-    with thread_limit(run.threads), warnings.catch_warnings():
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(_dask_client(run, args.scheduler))
+        if client is not None:
+            from sparseprune import _dask_study as st
+
+            doc["settings"]["scheduler"] = args.scheduler
+            studies = {
+                "mlp": (lambda: st.mlp_study(client, ds, sparsities, quick=run.quick, seeds=run.args.seed,
+                                             repeats=run.repeats, progress=False if args.quiet else None),
+                        _MLP_COLUMNS),
+                **{fam: (lambda fam=fam: st.trees_study(client, ds, fam, quick=run.quick, seed=run.args.seed,
+                                                        repeats=run.repeats), _TREE_COLUMNS)
+                   for fam in ("tree", "forest")},
+            }
+        stack.enter_context(thread_limit(run.threads))
+        stack.enter_context(warnings.catch_warnings())
         # Short training budgets are deliberate here; the accuracy column tells the story.
         warnings.simplefilter("ignore", ConvergenceWarning)
         for name in args.sections:
@@ -768,6 +810,34 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.json:
         print(rp.to_json(doc))
     return 0 if all(s["status"] != "error" for s in sections.values()) else 1
+
+
+@contextlib.contextmanager
+def _dask_client(run: _Run, address: str | None):
+    """A distributed client for ``--scheduler`` (None without it); closed, and a 'local' cluster stopped, on exit.
+
+    An address that cannot be reached, or a missing dask extra, is a usage
+    error (one line, exit code 2), found before any work starts.
+    """
+    if address is None:
+        yield None
+        return
+    try:
+        from sparseprune.dask import connect
+    except ImportError:
+        raise UsageError("--scheduler needs Dask: pip install 'sparseprune[dask]'") from None
+    run.say(f"connecting to the Dask scheduler at {address}" if address != "local"
+            else "starting a local Dask cluster of worker processes")
+    try:
+        client = connect(address)
+    except ImportError:
+        raise UsageError("--scheduler needs Dask: pip install 'sparseprune[dask]'") from None
+    except (ConnectionError, OSError, ValueError, TimeoutError) as exc:
+        raise UsageError(f"--scheduler: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _demo_plots(run: _Run, sections: dict) -> tuple[list[str], list[str]]:
@@ -1101,6 +1171,13 @@ def _print_model(run: _Run, sec: dict) -> None:
     run.show("   ran: S = a sparse layer, D = dense; '1 call' = all layers in one compiled call")
 
 
+def _bench_defaults(quick: bool, size: int | None, densities, batches) -> tuple[int, list, list]:
+    """The linear sweep's size, densities and batches (``--size``, ``--densities``, ``--batches`` or defaults)."""
+    return (size or (512 if quick else 4096),
+            list(densities or ([0.05, 0.3] if quick else [0.01, 0.05, 0.1, 0.2, 0.3, 0.5])),
+            list(batches or ([1, 64] if quick else [1, 16, 64, 256])))
+
+
 def _check_model_file(path: str) -> None:
     """Refuse an unreadable --model before any timing starts (exit code 1, one line)."""
     try:
@@ -1121,6 +1198,26 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     run.settle = 0.02 if args.quick else 0.15
     doc = _header("bench", run, argv)
     results = {}
+    if args.scheduler is not None:
+        if args.model is not None:
+            raise UsageError("--model and --scheduler do not combine: time a model on one machine")
+        from sparseprune import _dask_study as st
+
+        with _dask_client(run, args.scheduler) as client:
+            fleet = st.bench_fleet(client, quick=args.quick, size=args.size, densities=args.densities,
+                                   batches=args.batches, seed=args.seed, repeats=args.repeats, threads=args.threads,
+                                   progress=False if args.quiet else None)
+        doc["settings"].update({"scheduler": args.scheduler})
+        doc["fleet"] = fleet
+        doc["machine"] = machine_info()
+        doc["wall_time_s"] = time.perf_counter() - t_start
+        rp.write_json(run.out / "bench.json", doc)
+        run.show("\n" + st.format_fleet_table(fleet))
+        if args.json:
+            print(rp.to_json(doc))
+        else:
+            run.show(f"wrote {run.out / 'bench.json'} in {doc['wall_time_s']:.1f} s")
+        return 0
     if args.model is not None:
         batches = args.batches or [1, 256]
         doc["settings"].update({"model": str(args.model), "batches": batches})
@@ -1128,9 +1225,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             _check_model_file(args.model)
             results["model"] = _section("model", lambda: _bench_model(run, args.model, batches), run)
     else:
-        n = args.size or (512 if args.quick else 4096)
-        densities = args.densities or ([0.05, 0.3] if args.quick else [0.01, 0.05, 0.1, 0.2, 0.3, 0.5])
-        batches = args.batches or ([1, 64] if args.quick else [1, 16, 64, 256])
+        n, densities, batches = _bench_defaults(args.quick, args.size, args.densities, args.batches)
         mask_densities = args.mask_densities or ([0.1, 0.5] if args.quick else [0.01, 0.1, 0.3, 0.5])
         doc["settings"].update({"size": n, "densities": densities, "batches": batches,
                                 "mask_densities": mask_densities, "kernels": args.kernels})
