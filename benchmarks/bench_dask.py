@@ -21,7 +21,8 @@ over ``--rows`` rows (random float32 data), median over ``--repeats`` runs:
   one call per block, predictions concatenated, under
   ``sparseprune.thread_limit(N)``;
 * ``dask, W workers``: ``sparseprune.dask.predict(model, X).compute()`` on a
-  ``LocalCluster`` of W worker processes x ``--threads-per-worker`` (1), where ``X`` is a dask
+  local cluster of W worker processes x ``--threads-per-worker`` (1), started by
+  ``sparseprune.dask.connect("local")`` as ``--scheduler local`` starts it, where ``X`` is a dask
   array whose blocks are all one block scattered to every worker beforehand
   (so neither side pays for generating or shipping the input; labels are
   gathered to the client, as a user would). Each task uses
@@ -93,23 +94,27 @@ def time_local(model, block: np.ndarray, n_blocks: int, threads: int, repeats: i
     return {"times": times, "labels": out}
 
 
-def time_dask(model, block: np.ndarray, n_blocks: int, workers: int, repeats: int, threads_per_worker: int = 1) -> dict:
+def _aliased(base, block: np.ndarray, n_blocks: int):
+    """A dask array of ``n_blocks`` row blocks that all are the scattered ``base`` (no copy, no compute)."""
     import dask.array as da
-    from distributed import Client, LocalCluster
+    from dask.highlevelgraph import HighLevelGraph
 
+    name = f"bench-input-{n_blocks}-{base.key}"
+    dsk = {(name, i, 0): base for i in range(n_blocks)}
+    return da.Array(HighLevelGraph.from_collections(name, dsk, dependencies=[]), name,
+                    chunks=((block.shape[0],) * n_blocks, (block.shape[1],)), dtype=block.dtype)
+
+
+def time_dask(model, block: np.ndarray, n_blocks: int, workers: int, repeats: int, threads_per_worker: int = 1) -> dict:
     from sparseprune import dask as spd
 
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=None)
-    client = Client(cluster)
+    client = spd.connect("local", n_workers=workers, threads_per_worker=threads_per_worker)
     try:
         startup = time.perf_counter() - t0
         base = client.scatter(block, broadcast=True)
-        X = da.concatenate([da.from_delayed(base, block.shape, dtype=block.dtype) for _ in range(n_blocks)])
-        warm = da.concatenate([da.from_delayed(base, block.shape, dtype=block.dtype)
-                               for _ in range(8 * workers)])
-        spd.predict(model, warm).compute()  # imports, numba caches, the plan's first calls on each worker
+        X = _aliased(base, block, n_blocks)
+        spd.predict(model, _aliased(base, block, 8 * workers)).compute()  # imports, numba caches, first calls
         times = []
         for _ in range(repeats):
             t1 = time.perf_counter()
@@ -121,14 +126,12 @@ def time_dask(model, block: np.ndarray, n_blocks: int, workers: int, repeats: in
                    for a in client.scheduler_info()["workers"]}
     finally:
         client.close()
-        cluster.close()
     return {"times": times, "labels": out, "startup_s": startup, "task_threads": sorted(set(threads.values()))}
 
 
 def time_study(sparsities: list[float], workers: int = 2) -> dict:
-    from distributed import Client, LocalCluster
-
     from sparseprune import _dask_study as st
+    from sparseprune import dask as spd
     from sparseprune.datasets import load_dataset
 
     ds = load_dataset("digits")
@@ -136,8 +139,7 @@ def time_study(sparsities: list[float], workers: int = 2) -> dict:
     local = st.mlp_study_local(ds, sparsities, quick=True, progress=False)
     t_local = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = Client(cluster)
+    client = spd.connect("local", n_workers=workers, threads_per_worker=1)
     startup = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
@@ -145,7 +147,6 @@ def time_study(sparsities: list[float], workers: int = 2) -> dict:
         t_dask = time.perf_counter() - t0
     finally:
         client.close()
-        cluster.close()
     same = [(r["label"], r["accuracy"]) for r in local["rows"]] == [(r["label"], r["accuracy"]) for r in dist["rows"]]
     return {"local_s": t_local, "dask_s": t_dask, "startup_s": startup, "same_results": same,
             "cells": len(dist["rows"]), "workers_used": sorted({r["worker"] for r in dist["rows"]})}
