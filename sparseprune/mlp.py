@@ -86,12 +86,13 @@ class Layer:
     modifying the arrays in place does not, so assign new arrays instead.
     """
 
-    __slots__ = ("_weight", "_bias", "_cache")
+    __slots__ = ("_weight", "_bias", "_cache", "_quant")
 
-    def __init__(self, weight, bias) -> None:
-        self._weight = weight
+    def __init__(self, weight, bias, quant=None) -> None:
+        self._weight = weight if quant is None else quant.dequantize()
         self._bias = bias
         self._cache = {}
+        self._quant = quant
 
     @property
     def weight(self):
@@ -100,7 +101,17 @@ class Layer:
     @weight.setter
     def weight(self, value) -> None:
         self._weight = value
+        self._quant = None  # new float weights: no longer the quantized ones
         self._cache = {}
+
+    @property
+    def quant(self):
+        """The layer's :class:`~sparseprune.quantize.QuantizedCSR` after ``model.quantize`` (else None).
+
+        ``weight`` is then its dequantized CSR (what training, reports and
+        exports read); prediction runs the quantized kernels.
+        """
+        return self._quant
 
     @property
     def bias(self):
@@ -114,17 +125,23 @@ class Layer:
     def _prepared(self, activation):
         op = self._cache.get(activation)
         if op is None:
-            op = SparseLinear(self._weight, self._bias, activation)
+            if self._quant is not None:
+                from sparseprune.quantize import QuantizedLinear
+
+                op = QuantizedLinear(self._quant, self._bias, activation)
+            else:
+                op = SparseLinear(self._weight, self._bias, activation)
             self._cache[activation] = op
         return op
 
     # The cache holds locks and per-thread partitions: never pickle or deep-copy it.
     def __getstate__(self):
-        return {"weight": self._weight, "bias": self._bias}
+        return {"weight": self._weight, "bias": self._bias, "quant": self._quant}
 
     def __setstate__(self, state) -> None:
         self._weight = state["weight"]
         self._bias = state["bias"]
+        self._quant = state.get("quant")
         self._cache = {}
 
     @property
@@ -148,6 +165,8 @@ class Layer:
 
     def __repr__(self) -> str:
         kind = "csr" if self.is_sparse else "dense"
+        if self._quant is not None:
+            kind = f"quantized {self._quant.scheme} {self._quant.bits}-bit"
         return f"Layer(shape={self.shape}, {kind}, nnz={self.nnz})"
 
 
@@ -477,7 +496,8 @@ class _BaseMLP(BaseEstimator):
                 return self._train_loop(X, Y, **kw)
         return self._train_loop(X, Y, **kw)
 
-    def _train_loop(self, X, Y, *, epochs, lr, masks, rng, stop_early, on_epoch=None, y_val=None, X_val=None):
+    def _train_loop(self, X, Y, *, epochs, lr, masks, rng, stop_early, on_epoch=None, y_val=None, X_val=None,
+                    ties=None):
         Ws = [layer.dense_weight().astype(np.float32 if X.dtype == np.float32 else X.dtype, copy=True)
               for layer in self.layers_]
         bs = [np.array(layer.bias, dtype=Ws[0].dtype, copy=True) for layer in self.layers_]
@@ -485,7 +505,9 @@ class _BaseMLP(BaseEstimator):
         for W, mask in zip(Ws, masks):
             if mask is not None:
                 W *= mask
-        params = [p for pair in zip(Ws, bs) for p in pair]
+        ties = ties or [None] * len(Ws)
+        # A tied (quantized) layer trains its shared values, not its weights.
+        params = [p for W, b, tie in zip(Ws, bs, ties) for p in ((W if tie is None else tie.shared), b)]
         if self.solver == "adam":
             opt = _Adam(params, lr, self.beta_1, self.beta_2, self.epsilon)
         else:
@@ -527,13 +549,15 @@ class _BaseMLP(BaseEstimator):
                     gW /= m
                     if masks[l] is not None:
                         gW *= masks[l]
-                    grads[2 * l] = gW
+                    grads[2 * l] = gW if ties[l] is None else ties[l].grad(gW)
                     grads[2 * l + 1] = delta.mean(axis=0)
                     if l > 0:
                         delta = _act_derivative(self.activation, acts[l], delta @ Ws[l])
                 opt.step(params, grads)
-                for W, mask in zip(Ws, masks):
-                    if mask is not None:
+                for W, mask, tie in zip(Ws, masks, ties):
+                    if tie is not None:
+                        tie.write(W)  # every weight from its shared value: codes and zeros unchanged
+                    elif mask is not None:
                         W *= mask  # exact zeros, whatever rounding the optimiser did
             loss = total / n
             loss_curve.append(loss)
@@ -569,10 +593,12 @@ class _BaseMLP(BaseEstimator):
                 H = _ACT[self.activation](H)
         return self._score_raw(H, y_val)
 
-    def _set_layers(self, Ws, bs, masks):
+    def _set_layers(self, Ws, bs, masks, ties=None):
         layers = []
-        for W, b, mask in zip(Ws, bs, masks):
-            if mask is None:
+        for W, b, mask, tie in zip(Ws, bs, masks, ties or [None] * len(Ws)):
+            if tie is not None:
+                layers.append(Layer(None, _half_bias(b), quant=tie.quantized()))
+            elif mask is None:
                 layers.append(Layer(np.ascontiguousarray(W), b))
             else:
                 layers.append(Layer(_masked_csr(W, mask), b))
@@ -686,12 +712,54 @@ class _BaseMLP(BaseEstimator):
         self.layers_ = layers
         return self
 
+    def quantize(self, bits: int = 5, scheme: str = "kmeans", index_bits: int | None = 5):
+        """Quantize every layer's weights (Deep Compression): codes + shared values, zeros kept.
+
+        Each layer (pruned or dense) becomes a
+        :class:`~sparseprune.quantize.QuantizedCSR` (see
+        :func:`sparseprune.quantize.quantize`): ``scheme="kmeans"`` shares a
+        codebook of ``2**bits`` values per layer, ``"linear"`` stores int8
+        codes with a scale per output unit. Biases are rounded to float16
+        precision (and saved as float16). ``predict`` then runs the quantized
+        kernels for those layers; :meth:`fine_tune` trains the shared values
+        (the centroids, or the scales) and the biases, as Deep Compression
+        fine-tunes its codebooks; :meth:`sparsity_report` counts the stored
+        bytes; :meth:`save` stores the compact form (codes bit-packed,
+        column indices as ``index_bits``-bit relative gaps). Pruning or
+        eliminating neurons afterwards goes back to float weights.
+
+        Parameters
+        ----------
+        bits : int in 2..8, default=5
+        scheme : {"kmeans", "linear"}, default="kmeans"
+        index_bits : {4, 5, 8} or None, default=5
+            Bits per relative column gap in the stored form (None: plain indices).
+
+        Returns
+        -------
+        self
+        """
+        from sparseprune.quantize import quantize as _quantize
+
+        check_is_fitted(self)
+        layers = []
+        for layer in self.layers_:
+            W = layer.weight if layer.is_sparse and layer.quant is None else layer.dense_weight()
+            Q = _quantize(W, bits=bits, scheme=scheme, index_bits=index_bits)
+            layers.append(Layer(None, _half_bias(layer.bias), quant=Q))
+        # One assignment: a predict running in another thread sees the old layers or the new ones.
+        self.layers_ = layers
+        return self
+
     def fine_tune(self, X, y, epochs: int = 10, learning_rate: float | None = None):
         """Masked training: continue training while pruned weights stay exactly zero.
 
         Sparse layers are trained as a dense weight times a fixed 0/1 mask
         (gradients and optimiser moments are masked) and written back as CSR with
-        the same structure; dense layers train freely.
+        the same structure; dense layers train freely. Quantized layers (see
+        :meth:`quantize`) keep their codes: the gradients of the weights that
+        share a value are summed into it (k-means centroids, or per-row scales
+        for linear codes), as Deep Compression fine-tunes its codebooks.
 
         Parameters
         ----------
@@ -710,9 +778,11 @@ class _BaseMLP(BaseEstimator):
         lr = check_number(lr, "learning_rate", low=0.0, low_inclusive=False)
         X, Y = self._check_Xy_more(X, y)
         masks = self._masks()
+        ties = [_Tie(layer.quant, X.dtype) if layer.quant is not None else None for layer in self.layers_]
         Ws, bs, *_ = self._train(X, Y, epochs=epochs, lr=lr, masks=masks,
-                                 rng=check_random_state(self.random_state), stop_early=False)
-        self._set_layers(Ws, bs, masks)
+                                 rng=check_random_state(self.random_state), stop_early=False,
+                                 ties=ties if any(ties) else None)
+        self._set_layers(Ws, bs, masks, ties)
         return self
 
     def gradual_prune(self, X, y, sparsity: float, epochs: int = 30, scope: str = "global",
@@ -879,7 +949,11 @@ class _BaseMLP(BaseEstimator):
             ``csr_bytes`` (data + indices + indptr; None for a dense layer; the
             total row counts dense layers at their dense bytes, i.e. the model as stored),
             ``flops_dense`` (2*out*in per sample), ``flops_sparse`` (2*nnz per
-            sample), ``bias_params``, ``format`` ("dense"/"csr"), ``path``
+            sample), ``bias_params``, ``format`` ("dense", "csr", or the
+            quantization, e.g. "kmeans5"), ``stored_bytes`` (every byte
+            :meth:`save` writes for the layer's weights and bias: codes, indices or
+            gaps, row counts, codebook or scales, headers), ``compression``
+            (dense float32 weights and bias over ``stored_bytes``), ``path``
             ("dense" or "sparse": what the layer runs at ``batch_size`` when
             called on its own, as measured on its calls so far) and ``why``.
         """
@@ -902,9 +976,17 @@ class _BaseMLP(BaseEstimator):
                 path, why = d.path, d.reason
             else:
                 path, why = "dense", "the weight is a dense array (BLAS, or a dense dot product in the fused call)"
+            fmt = "csr" if layer.is_sparse else "dense"
+            if layer.quant is not None:
+                fmt = f"{layer.quant.scheme}{layer.quant.bits}"
+                weight_bytes = layer.quant.nbytes_stored()
+            else:
+                weight_bytes = csr_bytes if csr_bytes is not None else out * inp * item
+            stored = weight_bytes + int(_stored_bias(layer).nbytes)
             rows.append(dict(layer=i, shape=(out, inp), nnz=nnz, density=nnz / max(1, out * inp),
                              dense_bytes=out * inp * item, csr_bytes=csr_bytes, flops_dense=2 * out * inp,
-                             flops_sparse=2 * nnz, bias_params=out, format="csr" if layer.is_sparse else "dense",
+                             flops_sparse=2 * nnz, bias_params=out, format=fmt,
+                             stored_bytes=stored, compression=4 * (out * inp + out) / stored,
                              path=path, why=why))
         tot_size = sum(r["shape"][0] * r["shape"][1] for r in rows)
         nnz = sum(r["nnz"] for r in rows)
@@ -914,7 +996,10 @@ class _BaseMLP(BaseEstimator):
                                        for r in rows),
                          flops_dense=sum(r["flops_dense"] for r in rows),
                          flops_sparse=sum(r["flops_sparse"] for r in rows),
-                         bias_params=sum(r["bias_params"] for r in rows), format=None, path=None, why=None))
+                         bias_params=sum(r["bias_params"] for r in rows), format=None,
+                         stored_bytes=sum(r["stored_bytes"] for r in rows),
+                         compression=4 * sum(r["shape"][0] * (r["shape"][1] + 1) for r in rows)
+                         / sum(r["stored_bytes"] for r in rows), path=None, why=None))
         return rows
 
     # -- persistence ---------------------------------------------------------------
@@ -944,8 +1029,11 @@ class _BaseMLP(BaseEstimator):
                 classes = classes.astype(str)
             arrays["classes"] = classes
         for i, layer in enumerate(self.layers_):
-            arrays[f"b{i}"] = np.asarray(layer.bias)
-            if layer.is_sparse:
+            arrays[f"b{i}"] = _stored_bias(layer)
+            if layer.quant is not None:
+                # The compact form: codes bit-packed, indices as relative gaps (QuantizedCSR.to_arrays).
+                arrays.update(layer.quant.to_arrays(prefix=f"q{i}_"))
+            elif layer.is_sparse:
                 W = layer.weight
                 arrays[f"w{i}_data"] = W.data
                 arrays[f"w{i}_indices"] = W.indices
@@ -1056,6 +1144,65 @@ class _BaseMLP(BaseEstimator):
             est.classes_ = self.classes_
             est._label_binarizer = LabelBinarizer().fit(self.classes_)
         return est
+
+
+def _half_bias(b: np.ndarray) -> np.ndarray:
+    """A quantized layer's bias, rounded to float16 precision (saved as float16: half the bytes).
+
+    Kept in the layer's dtype; values beyond float16's range keep full precision.
+    """
+    b = np.asarray(b)
+    h = b.astype(np.float16).astype(b.dtype)
+    return np.where(np.isfinite(h), h, b).astype(b.dtype)
+
+
+def _stored_bias(layer) -> np.ndarray:
+    """The bias as :meth:`_BaseMLP.save` writes it: float16 for a quantized layer when that is exact."""
+    b = np.asarray(layer.bias)
+    if layer.quant is not None:
+        h = b.astype(np.float16)
+        if np.array_equal(h.astype(b.dtype), b):
+            return h
+    return b
+
+
+class _Tie:
+    """A quantized layer in training: its weights are functions of a few shared values.
+
+    k-means: ``w = codebook[code]``, so dL/dcodebook[c] is the sum of dL/dw over
+    the weights with code c (Deep Compression's centroid update); linear:
+    ``w = scale[row] * code``, so dL/dscale[r] = sum over row r of code * dL/dw.
+    The optimiser steps the shared values; :meth:`write` puts them back into
+    the dense training weight.
+    """
+
+    def __init__(self, Q, dtype) -> None:
+        self.Q = Q
+        self.rows = np.repeat(np.arange(Q.shape[0]), np.diff(Q.indptr))
+        self.cols = np.asarray(Q.indices)
+        self.codes = np.asarray(Q.codes)
+        src = Q.codebook if Q.scheme == "kmeans" else Q.scales
+        self.shared = np.array(src, dtype=dtype, copy=True)
+
+    def grad(self, gW: np.ndarray) -> np.ndarray:
+        g = gW[self.rows, self.cols]
+        if self.Q.scheme == "kmeans":
+            out = np.bincount(self.codes, weights=g, minlength=self.shared.size)
+        else:
+            out = np.bincount(self.rows, weights=g * self.codes, minlength=self.shared.size)
+        return out.astype(self.shared.dtype)
+
+    def write(self, W: np.ndarray) -> None:
+        if self.Q.scheme == "kmeans":
+            W[self.rows, self.cols] = self.shared[self.codes]
+        else:
+            W[self.rows, self.cols] = self.shared[self.rows] * self.codes
+
+    def quantized(self):
+        """The layer's QuantizedCSR with the trained shared values (same codes and structure)."""
+        if self.Q.scheme == "kmeans":
+            return self.Q.with_codebook(self.shared.astype(self.Q.dtype))
+        return self.Q.with_scales(self.shared.astype(self.Q.dtype))
 
 
 def _masked_csr(W, mask):
@@ -1283,7 +1430,17 @@ def load(path):
     prev = n_features
     for i in range(n_layers):
         b = arrays.get(f"b{i}")
-        if f"w{i}" in arrays:
+        quant = None
+        if f"q{i}_header" in arrays:
+            from sparseprune.quantize import QuantizedCSR
+
+            names = [k for k in arrays if k.startswith(f"q{i}_")]
+            try:
+                quant = QuantizedCSR.from_arrays(arrays, prefix=f"q{i}_")
+            except (ValueError, TypeError) as exc:
+                raise _bad(path, f"layer {i}: {exc}") from None
+            W = quant.dequantize()
+        elif f"w{i}" in arrays:
             names = [f"w{i}"]
             W = arrays[f"w{i}"]
             if W.dtype not in (np.float32, np.float64) or W.ndim != 2:
@@ -1310,6 +1467,8 @@ def load(path):
             if any(np.any(np.diff(W.indices[ptr[r]:ptr[r + 1]]) == 0) for r in range(rows)):
                 raise _bad(path, f"layer {i} CSR has duplicate entries.")
         expected.update(names + [f"b{i}"])
+        if quant is not None and b is not None and b.dtype == np.float16:
+            b = b.astype(W.dtype)  # a quantized layer's bias is saved as float16 (see _stored_bias)
         if b is None or b.dtype != W.dtype or b.shape != (W.shape[0],):
             raise _bad(path, f"b{i} must be a float array of shape ({W.shape[0]},) with the weight's dtype.")
         if W.shape[1] != prev or W.shape[0] < 1:
@@ -1319,7 +1478,8 @@ def load(path):
             raise _bad(path, f"layer {i} contains NaN or inf.")
         if layers and W.dtype != layers[0].weight.dtype:
             raise _bad(path, "all layers must share one dtype.")
-        layers.append(Layer(W, np.ascontiguousarray(b)))
+        layers.append(Layer(W, np.ascontiguousarray(b)) if quant is None
+                      else Layer(None, np.ascontiguousarray(b), quant=quant))
         prev = W.shape[0]
     if set(arrays) != expected:
         raise _bad(path, f"unexpected or missing entries {sorted(set(arrays) ^ expected)}.")

@@ -302,6 +302,8 @@ class ModelPlan:
                  f"{self.out_activation} output)"]
         for i, (shape, kind, op) in enumerate(zip(self.shapes, self.layer_kinds, self._ops)):
             fmt = "dense" if isinstance(op, _DenseOp) else f"csr, density {op.density:.1%}"
+            if hasattr(op, "Q"):
+                fmt = f"quantized {op.Q.scheme} {op.Q.bits}-bit, density {op.density:.1%}"
             lines.append(f"  layer {i}: {shape[0]} x {shape[1]} ({fmt}); fused kernel runs it {kind}")
         keys = sorted(self.choices) if batch is None else [k for k in sorted(self.choices)
                                                             if k[0] == bucket_of(batch)]

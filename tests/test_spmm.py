@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparseprune
+from naive import ref_linear
 from sparseprune import _calibration as cal
 from sparseprune import spmm as spmm_mod
 
@@ -19,20 +20,6 @@ ACTS = [None, "identity", "relu", "tanh", "logistic"]
 
 
 # ---------------------------------------------------------------- reference
-def ref_linear(X, Wd, bias=None, activation=None):
-    """act(X @ W.T + b) in float64 with numpy only, written for clarity."""
-    Z = X.astype(np.float64) @ Wd.astype(np.float64).T
-    if bias is not None:
-        Z = Z + np.asarray(bias, np.float64)
-    if activation == "relu":
-        Z = np.maximum(Z, 0)
-    elif activation == "tanh":
-        Z = np.tanh(Z)
-    elif activation == "logistic":
-        Z = 1 / (1 + np.exp(-Z))
-    return Z
-
-
 def tol(dtype, k):
     # float32 sums of k terms of size ~1: error grows like sqrt(k) eps, bound it loosely.
     return (2e-5 if dtype == np.float32 else 1e-12) * max(1, k)
