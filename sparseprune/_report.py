@@ -281,6 +281,41 @@ def plot_pareto(mlp: dict, path: Path) -> str:
     return _save(fig, path)
 
 
+def plot_accuracy_vs_bytes(mlp: dict, path: Path) -> str:
+    """MLP test accuracy against the bytes its weights and biases take stored (log scale).
+
+    Pruned models store CSR (float32 values, int32 indices); pruned + quantized
+    ones store bit-packed k-means codes and relative column gaps
+    (``stored_bytes``, as ``save`` writes them).
+    """
+    fig, (ax,) = _figure()
+    rows = [r for r in mlp["rows"] if r.get("stored_bytes")]
+    # (label, kinds, marker, colour, joined by a line, drawn on top)
+    groups = [("pruned (CSR, float32)", ("weight_pruning",), "o", "C0", True, 2),
+              ("neuron elimination (± pruning)", ("neuron_elimination",), "s", "C1", False, 2),
+              ("pruned + k-means quantized", ("quantized",), "^", "C2", True, 2),
+              ("dense", ("dense",), "D", "black", False, 3)]
+    for name, kinds, marker, color, joined, z in groups:
+        pts = sorted(((r["stored_bytes"] / 1024, 100 * r["accuracy"], r) for r in rows if r["kind"] in kinds),
+                     key=lambda t: t[0])
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, ls="-" if joined else "",
+                label=name, zorder=z, markersize=7 if kinds == ("dense",) else 6)
+        if kinds == ("quantized",):
+            for i, (x, y, r) in enumerate(pts):
+                # alternate above / below: neighbouring points sit close on a log axis
+                ax.annotate(f"{r['label'].split('+')[-1].strip()}: {r['compression']:.0f}x", (x, y),
+                            textcoords="offset points", xytext=(-10, 9 if i % 2 == 0 else -15), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("stored weights + biases (KiB, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"MLP {mlp.get('architecture', '')}: accuracy vs stored size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_tree_accuracy_vs_nodes(sections: Sequence[dict], path: Path) -> str:
     """Test accuracy against node count: info_gain pruning vs the cost-complexity (ccp) path."""
     fig, axes = _figure(len(sections))

@@ -350,6 +350,8 @@ _MLP_COLUMNS = [
     ("nnz", lambda r: r["nnz"], rp.fmt_int),
     ("dense KiB", lambda r: r["dense_bytes"], rp.fmt_kib),
     ("CSR KiB", lambda r: r["csr_bytes"], rp.fmt_kib),
+    ("stored KiB", lambda r: r.get("stored_bytes"), rp.fmt_kib),
+    ("vs f32", lambda r: r.get("compression"), lambda v: f"{v:.1f}x"),
     ("FLOPs/sample", lambda r: r["flops_per_sample"], rp.fmt_int),
     ("accuracy", lambda r: r["accuracy"], lambda v: f"{100 * v:.2f}%"),
 ]
@@ -441,7 +443,10 @@ def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[i
         biases += int(np.asarray(layer.bias).size)
         entry = {"shape": list(info.shape), "nnz": info.nnz, "density": info.density,
                  "storage": "csr" if hasattr(layer.weight, "tocsr") else "dense"}
+        if layer.quant is not None:
+            entry["storage"] = f"{layer.quant.scheme}{layer.quant.bits}"
         layers.append(entry)
+    report = model.sparsity_report()[-1]
     return {
         "sparsity": 1.0 - nnz / weights_total,
         "params_total": weights_total + biases_total,
@@ -450,6 +455,9 @@ def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[i
         "dense_bytes": dense_bytes,
         "csr_bytes": csr_bytes,
         "flops_per_sample": 2 * nnz,
+        # every byte save() writes for weights and biases, and dense float32 over it
+        "stored_bytes": report["stored_bytes"],
+        "compression": report["compression"],
         "hidden_sizes": [lay["shape"][0] for lay in layers[:-1]],
         "layers": layers,
     }
@@ -460,7 +468,10 @@ def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[i
 # schedule with masked fine-tuning), then neurons are eliminated.
 _MLP_RECIPE = {"hidden": (300, 100), "max_iter": 200, "epochs": 80, "learning_rate": 3e-3,
                "eliminate_fraction": 0.5, "eliminate_criterion": "l2", "fine_tune_epochs": 10,
-               "combined_sparsity": 0.9}
+               "combined_sparsity": 0.9,
+               # Deep Compression on the sparsest pruned model at or below 95 %: k-means codes of
+               # these widths, 5-bit relative column indices, centroids fine-tuned.
+               "quantize_bits": (8, 5, 4), "quantize_index_bits": 5, "quantize_sparsity": 0.95}
 _MLP_QUICK = {**_MLP_RECIPE, "hidden": (64, 32), "max_iter": 10, "epochs": 3, "fine_tune_epochs": 2}
 
 
@@ -475,14 +486,30 @@ def _plan_paths(model, batch: int) -> tuple[bool, list[str]]:
     ch = plan.choices.get(key)
     if ch is not None and ch.next() == "fused":
         return True, list(plan.layer_kinds)
-    return False, ["dense" if not hasattr(op, "_choices") or key not in op._choices else op._choices[key].next()
+    return False, ["quantized" if hasattr(op, "Q") else
+                   "dense" if not hasattr(op, "_choices") or key not in op._choices else op._choices[key].next()
                    for op in plan._ops]
 
 
 def _plan_ran(model, batch: int) -> str:
     """Short on-screen form: "1 call: S S D" (fused) or "S S D" (layer by layer)."""
     fused, paths = _plan_paths(model, batch)
-    return ("1 call: " if fused else "") + " ".join("S" if p == "sparse" else "D" for p in paths)
+    return ("1 call: " if fused else "") + " ".join({"sparse": "S", "quantized": "Q"}.get(p, "D") for p in paths)
+
+
+def _quantized_rows(run: _Run, pruned: dict, rc: dict, X, y, row: Callable) -> list[dict]:
+    """Pruning + quantization rows: the sparsest pruned model at or below the recipe's sparsity, k-means
+    codes of each width with centroid fine-tuning."""
+    base = [s for s in pruned if s <= rc["quantize_sparsity"]]
+    if not base:
+        return []
+    s = max(base)
+    out = []
+    for bits in run.progress(rc["quantize_bits"], "mlp: quantization", total=len(rc["quantize_bits"])):
+        q = copy.deepcopy(pruned[s]).quantize(bits=bits, scheme="kmeans", index_bits=rc["quantize_index_bits"])
+        q.fine_tune(X, y, epochs=rc["fine_tune_epochs"])
+        out.append(row(f"{100 * s:g}% + kmeans{bits}", "quantized", q, s))
+    return out
 
 
 def _mlp_recipe(quick: bool, n_train: int) -> dict:
@@ -536,9 +563,12 @@ def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
 
     rows = [row("dense", "dense", dense, 0.0)]
     steps = [s for s in sparsities if s > 0]
+    pruned = {}
     for s in run.progress(steps, "mlp: gradual pruning", total=len(steps)):
         m = copy.deepcopy(dense).gradual_prune(X, y, sparsity=s, epochs=epochs, scope="global", learning_rate=lr)
+        pruned[s] = m
         rows.append(row(f"{100 * s:g}% pruned", "weight_pruning", m, s))
+    rows += _quantized_rows(run, pruned, rc, X, y, row)
 
     frac, s_comb = rc["eliminate_fraction"], rc["combined_sparsity"]
     with contextlib.ExitStack() as stack:
@@ -752,7 +782,7 @@ def _print_section(run: _Run, sec: dict, columns: list) -> None:
     run.show("\n" + rp.format_table(sec["rows"], cols, title=f"== {sec['title']}"))
     run.show(f"   latency: {sec['latency_meaning']}; median of {run.repeats} repeats (IQR in results.json)")
     if any("ran" in r for r in sec["rows"]):
-        run.show("   ran: what each model's plan ran per layer, S = sparse kernel, D = dense; \"1 call\" = all "
+        run.show("   ran: what each model's plan ran per layer, S = sparse kernel, Q = quantized kernel, D = dense; \"1 call\" = all "
                  "layers in one compiled call (model.plan_.explain() says why)")
     for note in sec.get("notes", []):
         run.show(f"   note: {note}")
@@ -846,7 +876,8 @@ def _demo_plots(run: _Run, sections: dict) -> tuple[list[str], list[str]]:
     if mlp and mlp["status"] == "ok":
         jobs += [("mlp_accuracy_vs_sparsity.png", lambda p: rp.plot_accuracy_vs_sparsity(mlp, p)),
                  ("mlp_latency_vs_sparsity.png", lambda p: rp.plot_latency_vs_sparsity(mlp, p)),
-                 ("mlp_pareto.png", lambda p: rp.plot_pareto(mlp, p))]
+                 ("mlp_pareto.png", lambda p: rp.plot_pareto(mlp, p)),
+                 ("mlp_accuracy_vs_bytes.png", lambda p: rp.plot_accuracy_vs_bytes(mlp, p))]
     trees = [sections[k] for k in ("tree", "forest") if k in sections and sections[k]["status"] == "ok"
              and any(sections[k].get("curves", {}).values())]
     if trees:
