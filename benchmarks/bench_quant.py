@@ -47,7 +47,7 @@ import pytest
 import scipy.sparse as sp
 
 import sparseprune
-from sparseprune.quantize import qlinear, quantize
+from sparseprune.quantize import QuantizedLinear, qlinear, quantize
 
 QUICK = os.environ.get("SPARSEPRUNE_BENCH_QUICK") == "1"
 N = 4096
@@ -55,7 +55,10 @@ DENSITIES = (0.05, 0.10, 0.30)
 BATCHES = (1, 16, 256)
 #: name -> (scheme, bits); "float32" is the unquantized baseline.
 VARIANTS = {"float32": None, "linear8": ("linear", 8), "kmeans8": ("kmeans", 8), "kmeans5": ("kmeans", 5),
-            "kmeans4": ("kmeans", 4)}
+            "kmeans4": ("kmeans", 4),
+            # what a quantized MLP layer runs: QuantizedLinear, which times its codes against the
+            # float kernel on a dequantized copy (where that copy is small) and keeps the faster
+            "kmeans4 layer": ("kmeans", 4, "layer"), "kmeans8 layer": ("kmeans", 8, "layer")}
 SWEEP_SIZES = (2048, 4096, 8192, 12288, 16384, 24576, 32768)
 SWEEP_DENSITY = 0.10
 QUICK_N = 128
@@ -122,6 +125,11 @@ def make_callables(W: sp.csr_array, batch: int, variants=tuple(VARIANTS), seed: 
         if spec is None:
             layer = sparseprune.SparseLinear(W)
             fns[name] = (lambda layer=layer: layer(X, method="sparse"))
+        elif len(spec) == 3:
+            op = QuantizedLinear(quantize(W, bits=spec[1], scheme=spec[0]), None)
+            fns[name] = (lambda op=op: op(X))
+            for _ in range(24):  # its first calls measure both paths
+                op(X)
         else:
             Q = quantize(W, bits=spec[1], scheme=spec[0])
             fns[name] = (lambda Q=Q: qlinear(X, Q))
@@ -200,7 +208,7 @@ def run_grid(n: int, densities, batches, repeats: int, min_time: float) -> list[
     rows = []
     print(f"\n{n} x {n} layers, float32 sparse kernel vs quantized kernels "
           f"({sparseprune.get_num_threads()} threads; us per call; ratio = quantized / float32 median)")
-    print(f"{'density':>8} {'batch':>6} {'variant':>8} {'median':>10} {'p90':>10} {'ratio':>7}")
+    print(f"{'density':>8} {'batch':>6} {'variant':>13} {'median':>10} {'p90':>10} {'ratio':>7}")
     for d in densities:
         W = random_layer(n, n, d, seed=int(d * 1000))
         for b in batches:
@@ -209,7 +217,7 @@ def run_grid(n: int, densities, batches, repeats: int, min_time: float) -> list[
             for name, (med, p90) in res.items():
                 ratio = med / base
                 rows.append(dict(n=n, density=d, batch=b, variant=name, median_s=med, p90_s=p90, ratio=ratio))
-                print(f"{d:8.2f} {b:6d} {name:>8} {_fmt_us(med)} {_fmt_us(p90)} {ratio:7.3f}")
+                print(f"{d:8.2f} {b:6d} {name:>13} {_fmt_us(med)} {_fmt_us(p90)} {ratio:7.3f}")
         del W
     return rows
 
@@ -219,25 +227,36 @@ def run_sweep(sizes, density: float, repeats: int, min_time: float) -> list[dict
     llc_txt = f"{llc / 2**20:.0f} MiB" if llc else "unknown"
     print(f"\nBatch-1 size sweep at {density:.0%} density; last-level cache {llc_txt} "
           f"(float32 MiB = values + 16-bit columns + row pointers streamed per call)")
-    print(f"{'n':>7} {'f32 MiB':>8} {'> LLC':>6} {'variant':>8} {'median':>10} {'p90':>10} {'ratio':>7}")
+    print(f"{'n':>7} {'f32 MiB':>8} {'> LLC':>6} {'variant':>13} {'median':>10} {'p90':>10} {'ratio':>7}")
     rows = []
     first_over = None
+    knee, first_per_nnz = None, None
     for n in sizes:
         W = random_layer(n, n, density, seed=n)
         wb = float32_weight_bytes(W)
         over = llc is not None and wb > llc
         if over and first_over is None:
             first_over = n
-        res = time_interleaved(make_callables(W, 1, ("float32", "linear8", "kmeans8", "kmeans4")), repeats, min_time)
+        res = time_interleaved(make_callables(W, 1, ("float32", "linear8", "kmeans8", "kmeans4", "kmeans4 layer")),
+                               repeats, min_time)
         base = res["float32"][0]
+        # The cache knee as this machine shows it (the reported LLC size of a VM can be fiction):
+        # float32 time per nonzero against the smallest size swept.
+        per_nnz = base / W.nnz
+        first_per_nnz = first_per_nnz if rows else per_nnz
+        if knee is None and per_nnz > 1.5 * first_per_nnz:
+            knee = n
+        print(f"{n:7d} float32: {per_nnz * 1e9:.3f} ns per nonzero ({per_nnz / first_per_nnz:.2f}x the smallest size)")
         for name, (med, p90) in res.items():
             rows.append(dict(n=n, density=density, batch=1, variant=name, median_s=med, p90_s=p90, ratio=med / base,
                              float32_weight_bytes=wb, llc_bytes=llc))
-            print(f"{n:7d} {wb / 2**20:8.1f} {'yes' if over else 'no':>6} {name:>8} {_fmt_us(med)} {_fmt_us(p90)} "
+            print(f"{n:7d} {wb / 2**20:8.1f} {'yes' if over else 'no':>6} {name:>13} {_fmt_us(med)} {_fmt_us(p90)} "
                   f"{med / base:7.3f}")
         del W
+    if knee is not None:
+        print(f"Measured cache knee: float32 time per nonzero is 1.5x+ its small-layer value from {knee} x {knee} on.")
     if first_over is None:
-        print("The float32 weights fit in the last-level cache at every size swept: pass larger --sizes.")
+        print("The float32 weights fit in the reported last-level cache at every size swept: pass larger --sizes.")
     else:
         print(f"First swept size whose float32 weights exceed the last-level cache: {first_over} x {first_over}.")
     return rows

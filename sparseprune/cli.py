@@ -486,9 +486,11 @@ def _plan_paths(model, batch: int) -> tuple[bool, list[str]]:
     ch = plan.choices.get(key)
     if ch is not None and ch.next() == "fused":
         return True, list(plan.layer_kinds)
-    return False, ["quantized" if hasattr(op, "Q") else
-                   "dense" if not hasattr(op, "_choices") or key not in op._choices else op._choices[key].next()
-                   for op in plan._ops]
+    paths = ["dense" if not hasattr(op, "_choices") or key not in op._choices else op._choices[key].next()
+             for op in plan._ops]
+    # A quantized layer runs its codes ("quantized") or the float kernel on a dequantized copy ("sparse").
+    return False, [("sparse" if p == "float" else "quantized") if hasattr(op, "Q") else p
+                   for op, p in zip(plan._ops, paths)]
 
 
 def _plan_ran(model, batch: int) -> str:

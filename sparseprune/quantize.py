@@ -1036,30 +1036,25 @@ def centroid_gradients(Q: QuantizedCSR, grad) -> np.ndarray:
     return np.bincount(Q.codes, weights=g, minlength=1 << Q.bits).astype(Q.dtype)
 
 
-class _Fixed:
-    """The per-bucket "choice" of a quantized layer: always its own kernels (the plan's interface)."""
-
-    chosen = "quantized"
-    frozen = True
-    candidates = ("quantized",)
-
-    def next(self) -> str:
-        return "quantized"
-
-    def describe(self) -> str:
-        return "quantized (the layer's codes, read by the quantized kernels; nothing to measure)"
-
-
-_FIXED = _Fixed()
+#: A quantized layer whose float32 CSR (values, 16/32-bit columns, row pointers) would take at
+#: most this many bytes may also run the float sparse kernel on a dequantized copy, if measured
+#: faster. Below the last-level cache the float kernel's per-nonzero value load is cheap and the
+#: k-means codebook gather is not (measured at batch 1 on 4096 x 4096: k-means kernels 1.26-1.6x
+#: slower than float32 in cache, 0.80-0.87x out of it); above it the codes' smaller stream wins.
+FLOAT_COPY_MAX_BYTES = 64 << 20
 
 
 class QuantizedLinear:
     """A prepared quantized layer ``act(X @ W.T + bias)``: what a quantized MLP layer's plan runs.
 
-    The quantized layer is a path of its own in the model's plan: its codes are
-    the weights as stored, so it always runs the quantized kernels
-    (:func:`qlinear`); ``method="dense"`` (or ``SPARSEPRUNE_METHOD=dense``)
-    runs the dequantized weights on BLAS instead, for comparison.
+    Its codes are the weights as stored, and :func:`qlinear` runs them.
+    Where a float copy is small (at most :data:`FLOAT_COPY_MAX_BYTES`), the
+    first calls of each batch bucket and thread count also time the float
+    sparse kernel on the dequantized weights (as :class:`sparseprune.SparseLinear`
+    times dense against sparse) and keep the faster: ``"quantized"`` or
+    ``"float"``. ``method="quantized"`` / ``"float"`` / ``"dense"`` force a
+    path (``"dense"``: the dequantized weights on BLAS;
+    ``SPARSEPRUNE_METHOD=dense`` does the same).
     """
 
     def __init__(self, Q: QuantizedCSR, bias, activation=None) -> None:
@@ -1072,6 +1067,11 @@ class QuantizedLinear:
         self._act = _check_activation(activation)
         self.bias = np.array(_check_bias(bias, Q.shape[0], Q.dtype), copy=True)
         self._dense_w = None
+        self._float = None
+        col_bytes = 2 if Q.shape[1] <= _k.PANEL_MAX else 4
+        self._float_ok = Q.nnz * (Q.dtype.itemsize + col_bytes) + 8 * (Q.shape[0] + 1) <= FLOAT_COPY_MAX_BYTES
+        self._choices: dict = {}
+        self._lock = threading.Lock()
         self.last_path: str | None = None
 
     @property
@@ -1082,8 +1082,61 @@ class QuantizedLinear:
     def density(self) -> float:
         return self.Q.density
 
+    def _float_layer(self):
+        if self._float is None:
+            from sparseprune.spmm import SparseLinear
+
+            with self._lock:
+                if self._float is None:
+                    self._float = SparseLinear(self.Q.dequantize(), self.bias, self.activation)
+        return self._float
+
+    def _choice_for(self, bucket: int, n_threads: int):
+        key = (bucket, n_threads)
+        ch = self._choices.get(key)
+        if ch is None:
+            from sparseprune._dispatch import Choice
+
+            with self._lock:
+                ch = self._choices.get(key)
+                if ch is None:
+                    if self._float_ok:
+                        ch = Choice(("quantized", "float"), "both measured on the first calls (a float copy of "
+                                    "this layer is small enough to keep).")
+                    else:
+                        ch = Choice(("quantized",), "the float copy would exceed FLOAT_COPY_MAX_BYTES: the "
+                                    "codes are the cheaper stream.")
+                    self._choices[key] = ch
+        return ch
+
     def __call__(self, X, method: str = "auto", *, among_sparse: bool = False) -> np.ndarray:
-        if method == "dense":
+        if method == "sparse":
+            method = "quantized"
+        if method in ("quantized", "float", "dense"):
+            return self._run(method, X)
+        if method != "auto":
+            raise ValueError(f"method must be 'auto', 'quantized', 'float' or 'dense'. Got {method!r}.")
+        batch = np.shape(X)[0] if np.ndim(X) == 2 else 0
+        if not batch or not self.shape[0]:
+            return self._run("quantized", X)
+        from sparseprune._dispatch import bucket_of
+
+        ch = self._choice_for(bucket_of(batch), _num_threads_now())
+        path = ch.next()
+        if ch.frozen or len(ch.candidates) == 1:
+            return self._run(path, X)
+        import time
+
+        t0 = time.perf_counter()
+        Y = self._run(path, X)
+        ch.record(path, time.perf_counter() - t0, batch)
+        return Y
+
+    def _run(self, path: str, X) -> np.ndarray:
+        self.last_path = path
+        if path == "float":
+            return self._float_layer()(X, "sparse")
+        if path == "dense":
             if self._dense_w is None:
                 self._dense_w = self.Q.dequantize().toarray()
             Y = np.asarray(X) @ self._dense_w.T
@@ -1092,37 +1145,43 @@ class QuantizedLinear:
                 from sparseprune.spmm import _activate_inplace
 
                 _activate_inplace(Y, self._act)
-            self.last_path = "dense"
             return Y
-        self.last_path = "quantized"
         return qlinear(X, self.Q, self.bias, self.activation)
 
-    # The plan's interface (as SparseLinear's): nothing measured, nothing to freeze.
-    def _choice_for(self, bucket: int, n_threads: int) -> _Fixed:
-        return _FIXED
-
+    # The plan's interface (as SparseLinear's).
     def _runs_parallel(self, batch: int, n_threads: int) -> bool:
         return _goes_parallel(self.Q.nnz, batch, n_threads)
 
     def freeze(self) -> "QuantizedLinear":
+        for ch in list(self._choices.values()):
+            ch.freeze()
         return self
 
     def _frozen_choices(self) -> dict:
-        return {}
+        return {f"{b}:{t}": ch.chosen for (b, t), ch in self._choices.items() if ch.frozen and ch.chosen}
 
     def _load_frozen(self, d: dict) -> None:
-        pass
+        from sparseprune._dispatch import Choice
+
+        for key, path in d.items():
+            if path not in ("quantized", "float"):
+                continue
+            b, t = (int(v) for v in key.split(":"))
+            self._choices[(b, t)] = Choice((path,), "frozen with the saved model.", chosen=path, frozen=True)
 
     def explain(self, X, method: str = "auto"):
-        """What a call at batch ``X`` (an int or an array) runs: the quantized kernels (a Decision)."""
+        """What a call at batch ``X`` (an int or an array) runs, and why (a :class:`sparseprune.Decision`)."""
+        from sparseprune._dispatch import bucket_of
         from sparseprune.spmm import Decision, _batch_of
 
         batch = X if isinstance(X, (int, np.integer)) else _batch_of(X)
         n = _num_threads_now()
-        return Decision(path="quantized", kernel="qspmv" if batch == 1 else "qspmm", batch=int(batch),
-                        shape=self.shape, nnz=self.nnz, density=self.density, n_threads=n,
+        ch = self._choice_for(bucket_of(max(int(batch), 1)), n)
+        path = ch.chosen or ch.next()
+        return Decision(path=path, kernel=("qspmv" if batch == 1 else "qspmm") if path == "quantized" else "spmm",
+                        batch=int(batch), shape=self.shape, nnz=self.nnz, density=self.density, n_threads=n,
                         predicted_dense_s=float("nan"), predicted_sparse_s=float("nan"), calibration="not used",
-                        reason=f"{self.Q.scheme} {self.Q.bits}-bit codes run by the quantized kernels")
+                        reason=f"{self.Q.scheme} {self.Q.bits}-bit codes: {ch.describe()}")
 
     def __repr__(self) -> str:
         return f"QuantizedLinear({self.Q!r}, activation={self.activation!r})"
