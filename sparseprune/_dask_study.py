@@ -122,6 +122,17 @@ def _train(ds, cfg: dict, seed: int):
         return {"model": model, "train_s": time.perf_counter() - t0, **machine_of_worker()}
 
 
+def _prune(ds, cfg: dict, dense: dict, sparsity: float):
+    """The dense model gradually pruned to ``sparsity`` (one task: its row and the quantized rows share it)."""
+    rc = cfg["recipe"]
+    with _Cell(cfg):
+        t0 = time.perf_counter()
+        model = copy.deepcopy(dense["model"]).gradual_prune(ds.X_train, ds.y_train, sparsity=sparsity,
+                                                            epochs=rc["epochs"], scope="global",
+                                                            learning_rate=rc["learning_rate"])
+        return {"model": model, "sparsity": sparsity, "train_s": time.perf_counter() - t0, **machine_of_worker()}
+
+
 def _eliminate(ds, cfg: dict, dense: dict):
     rc = cfg["recipe"]
     with _Cell(cfg):
@@ -146,9 +157,15 @@ def _cell(ds, cfg: dict, seed: int, what: str, param, dense: dict, source: dict 
             model, label, kind, target = base_model, "dense", "dense", 0.0
             train_s, train_where = dense["train_s"], dense["machine_label"]
         elif what == "prune":
-            model = copy.deepcopy(base_model).gradual_prune(X, y, sparsity=param, epochs=rc["epochs"],
-                                                            scope="global", learning_rate=rc["learning_rate"])
+            model = source["model"]
             label, kind, target = f"{100 * param:g}% pruned", "weight_pruning", param
+            train_s, train_where = source["train_s"], source["machine_label"]
+        elif what == "quantized":
+            s = source["sparsity"]
+            model = copy.deepcopy(source["model"]).quantize(bits=param, scheme="kmeans",
+                                                            index_bits=rc["quantize_index_bits"])
+            model.fine_tune(X, y, epochs=rc["fine_tune_epochs"])
+            label, kind, target = f"{100 * s:g}% + kmeans{param}", "quantized", s
         elif what == "dead":
             model = copy.deepcopy(base_model).eliminate_neurons(X)
             label, kind, target = "dense - dead neurons", "neuron_elimination", None
@@ -185,9 +202,19 @@ def _tasks(seeds: Sequence[int], sparsities: Sequence[float], cfg: dict) -> list
         tr, el = f"train-{seed}", f"eliminate-{seed}"
         out.append((tr, _train, (seed,), False))
         out.append((f"cell-{seed}-dense", _cell, (seed, "dense", None, ("@", tr)), True))
-        for s in sparsities:
-            if s > 0:
-                out.append((f"cell-{seed}-prune-{s:g}", _cell, (seed, "prune", float(s), ("@", tr)), True))
+        steps = [float(s) for s in sparsities if s > 0]
+        for s in steps:
+            pr = f"prune-{seed}-{s:g}"
+            out.append((pr, _prune, (("@", tr), s), False))
+            out.append((f"cell-{seed}-prune-{s:g}", _cell, (seed, "prune", s, ("@", tr), ("@", pr)), True))
+        # Pruning + quantization of the sparsest pruned model at or below the recipe's sparsity
+        # (as the CLI's _quantized_rows), fed by that pruning task: nothing is pruned twice.
+        base = [s for s in steps if s <= rc["quantize_sparsity"]]
+        if base:
+            pr = f"prune-{seed}-{max(base):g}"
+            for bits in rc["quantize_bits"]:
+                out.append((f"cell-{seed}-quantized-{bits}", _cell, (seed, "quantized", int(bits), ("@", tr),
+                                                                     ("@", pr)), True))
         out.append((f"cell-{seed}-dead", _cell, (seed, "dead", None, ("@", tr)), True))
         out.append((el, _eliminate, (("@", tr),), False))
         out.append((f"cell-{seed}-eliminated", _cell, (seed, "eliminated", None, ("@", tr), ("@", el)), True))
