@@ -463,3 +463,27 @@ def test_bad_input_errors():
         qlinear(np.ones((2, 6), np.float32), Q, activation="gelu")
     with pytest.raises(TypeError, match="sparse"):
         qlinear(sp.csr_array(np.ones((2, 6), np.float32)), Q)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 5])
+def test_batch1_register_codebook_kernel(bits):
+    """The AVX-512 batch-1 path (codebook in two registers) against numpy, rows of 0..50 nonzeros."""
+    from sparseprune.kernels import quant as kq
+
+    rng = np.random.default_rng(bits)
+    n_out, n_in = 67, 900
+    counts = np.r_[0, 1, 15, 16, 17, 31, 32, 33, rng.integers(0, 51, n_out - 8)]
+    rows = np.repeat(np.arange(n_out), counts)
+    cols = np.concatenate([np.sort(rng.choice(n_in, c, replace=False)) for c in counts])
+    W = sp.csr_array((rng.standard_normal(cols.size).astype(np.float32), (rows, cols)), shape=(n_out, n_in))
+    Q = quantize(W, bits=bits, scheme="kmeans")
+    assert Q._perm_ok() == kq.HAVE_PERM32
+    if not kq.HAVE_PERM32:
+        pytest.skip("this CPU has no AVX-512F: the register-codebook kernel is not used")
+    x = rng.standard_normal((1, n_in)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    for act in ACTS:
+        got = qlinear(x, Q, b, act)
+        np.testing.assert_allclose(got, ref_linear(x, Q.dequantize().toarray(), b, act), rtol=1e-5, atol=1e-5)
+    x[0, 5] = np.nan
+    assert np.isnan(qlinear(x, Q, b)[0, Q.dequantize().toarray()[:, 5] != 0]).all()
