@@ -29,7 +29,7 @@ import numpy as np
 from sparseprune._threading import get_num_threads, thread_limit, threading_layer
 from sparseprune._validation import check_int, check_number
 
-__all__ = ["Timing", "compare", "machine_info", "time_call"]
+__all__ = ["Timing", "compare", "machine_info"]
 
 
 @dataclass(frozen=True)
@@ -129,12 +129,6 @@ def compare(fns: Mapping[str, Callable[[], object]], *, repeats: int = 7, warmup
                     fn()
                 samples[name][r] = (time.perf_counter() - t0) / number
     return {name: Timing.from_samples(samples[name], numbers[name], warmup) for name in names}
-
-
-def time_call(fn: Callable[[], object], *, repeats: int = 7, warmup: int = 2, min_time: float = 0.01,
-              threads: int | None = None) -> Timing:
-    """Time one zero-argument callable; see :func:`compare` for the method."""
-    return compare({"fn": fn}, repeats=repeats, warmup=warmup, min_time=min_time, threads=threads)["fn"]
 
 
 def _cpu_model() -> str:

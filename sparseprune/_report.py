@@ -119,10 +119,6 @@ def fmt_x(v: float) -> str:
     return f"{v:.2f}x"
 
 
-def fmt_float(v: float) -> str:
-    return f"{v:.3g}"
-
-
 # ---------------------------------------------------------------------- plots
 def plots_available() -> str | None:
     """None when matplotlib can be imported, else the reason it cannot."""

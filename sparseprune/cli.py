@@ -23,7 +23,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -201,7 +201,6 @@ class _Run:
     warmup: int
     min_time: float
     settle: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def quick(self) -> bool:
@@ -275,12 +274,15 @@ def _prepare_out(path: str) -> Path:
 
 
 def _check_threads(n: int | None) -> int | None:
-    import numba
+    """--threads checked as ``sparseprune.thread_limit`` checks it, as a usage error."""
+    from sparseprune._threading import _check_threads as check
 
-    if n is not None and n > numba.config.NUMBA_NUM_THREADS:
-        raise UsageError(f"--threads {n} is more than the {numba.config.NUMBA_NUM_THREADS} threads numba "
-                         f"started with; pass --threads 1..{numba.config.NUMBA_NUM_THREADS}")
-    return n
+    if n is None:
+        return None
+    try:
+        return check(n)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--threads {n}: {exc}") from None
 
 
 def _timing_settings(quick: bool, repeats: int | None, min_time: float) -> dict:
@@ -642,40 +644,24 @@ def _tree_stats(est, X_test: np.ndarray, y_test: np.ndarray, nodes0: int) -> dic
 
 
 def _split_gains(est) -> np.ndarray:
-    """Weighted impurity decrease N_t/N (I(t) - N_L/N_t I(L) - N_R/N_t I(R)) of every split, pooled over trees."""
+    """Weighted impurity decrease of every split (``_tree_prune.split_gains``), pooled over the trees."""
+    from sparseprune._tree_prune import split_gains
+
     gains = []
     for t in _trees_of(est):
-        tr = t.tree_
-        inner = tr.children_left != -1
-        L, R = tr.children_left[inner], tr.children_right[inner]
-        w, imp = tr.weighted_n_node_samples, tr.impurity
-        gains.append((w[inner] * imp[inner] - w[L] * imp[L] - w[R] * imp[R]) / w[0])
+        g = split_gains(t)
+        gains.append(g[t.tree_.children_left != -1])
     return np.concatenate(gains) if gains else np.zeros(0)
 
 
-def _pruning_curves(est, gains: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, nodes0: int,
-                    n_points: int) -> dict[str, list]:
-    """Accuracy vs nodes for info_gain (and cost_complexity) post-pruning.
+def _pruning_curves(est, X_test: np.ndarray, y_test: np.ndarray, n_points: int) -> dict[str, list]:
+    """Accuracy vs nodes for info_gain and cost_complexity post-pruning (``sparseprune.pruning_curve``)."""
+    from sparseprune.tree import pruning_curve
 
-    Uses the tree module's ``pruning_curve`` when the build has it (both curves, forests
-    included); otherwise prunes at quantiles of the split gains itself (info_gain only).
-    """
-    import sparseprune as sp
-
-    try:
-        from sparseprune.tree import pruning_curve
-    except ImportError:
-        pruning_curve = None
-    if pruning_curve is not None:
-        pc = pruning_curve(est, X_test, y_test, n_points=n_points).to_dict()
-        return {name: [{"param": p, "nodes": n, "accuracy": a}
-                       for p, n, a in zip(pc[name]["param"], pc[name]["n_nodes"], pc[name]["score"])]
-                for name in ("info_gain", "cost_complexity")}
-    out = []
-    for tau in np.unique(np.quantile(gains, np.linspace(0.0, 0.995, n_points))) if gains.size else []:
-        st = _tree_stats(sp.prune_tree(est, method="info_gain", threshold=float(tau)), X_test, y_test, nodes0)
-        out.append({"param": float(tau), "nodes": st["nodes"], "accuracy": st["accuracy"]})
-    return {"info_gain": out}
+    pc = pruning_curve(est, X_test, y_test, n_points=n_points).to_dict()
+    return {name: [{"param": p, "nodes": n, "accuracy": a}
+                   for p, n, a in zip(pc[name]["param"], pc[name]["n_nodes"], pc[name]["score"])]
+            for name in ("info_gain", "cost_complexity")}
 
 
 def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
@@ -737,7 +723,7 @@ def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
     for a in run.progress(table_alphas, f"{family}: cost_complexity"):
         p = sp.prune_tree(est, method="cost_complexity", alpha=float(a))
         rows.append(row(f"cost_complexity α={a:.2g}", "cost_complexity", float(a), p))
-    curves.update(_pruning_curves(est, gains, Xt, yt, nodes0, 8 if run.quick else 25))
+    curves.update(_pruning_curves(est, Xt, yt, 8 if run.quick else 25))
     if not curves.get("cost_complexity"):
         curves["cost_complexity"] = [{"param": r["param"], "nodes": r["nodes"], "accuracy": r["accuracy"]}
                                      for r in rows if r["kind"] == "cost_complexity"]
