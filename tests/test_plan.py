@@ -284,3 +284,21 @@ def test_compile_notice_is_said_once_and_only_for_our_kernels(caplog):
         notice.on_start(ours)
         notice.on_start(ours)
     assert len(caplog.records) == 1 and "compiling" in caplog.text and "csr_status" in caplog.text
+
+
+def test_tbb_layer_is_loadable_when_the_wheel_is_installed():
+    """The tbb wheel's library sits outside the loader's path; sparseprune preloads it for numba's layer."""
+    import os
+    import subprocess
+    import sys
+
+    lib = os.path.join(sys.prefix, "lib", "libtbb.so.12")
+    if not os.path.isfile(lib) or "NUMBA_THREADING_LAYER" in os.environ:
+        pytest.skip("no tbb wheel in this environment (or the layer is chosen by the user)")
+    code = ("import numpy as np, scipy.sparse as sp, sparseprune\n"
+            "W = sp.random_array((256, 256), density=0.2, format='csr', dtype=np.float32, random_state=0)\n"
+            "sparseprune.linear(np.ones((64, 256), np.float32), W, method='sparse')\n"
+            "print(sparseprune.threading_layer())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "tbb"
