@@ -683,3 +683,7 @@ def connect(address: str, *, timeout: float = DEFAULT_TIMEOUT, n_workers: int | 
     except ValueError as exc:
         raise ValueError(f"{address!r} is not a Dask scheduler address ({str(exc).splitlines()[0]}); pass one "
                          "like tcp://host:8786 or 'local'.") from None
+    except Exception as exc:  # e.g. distributed's client event loop failing to start on a loaded machine
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConnectionError(f"cannot connect to the Dask scheduler at {address}: the client failed "
+                              f"({reason}); check the address and retry.") from None
