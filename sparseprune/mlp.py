@@ -1521,8 +1521,14 @@ def _check_plan_meta(path, plan, layers) -> dict:
     if not isinstance(plan, dict) or set(plan) != {"model", "layers"} or not keys_ok(plan["model"], ("fused", "layers")):
         raise _bad(path, "'plan' must map 'bucket:threads' keys to 'fused' or 'layers'.")
     per_layer = plan["layers"]
-    if not isinstance(per_layer, dict) or not all(
-            isinstance(i, str) and i.isdigit() and int(i) < len(layers) and layers[int(i)].is_sparse
-            and keys_ok(d, ("dense", "sparse")) for i, d in per_layer.items()):
-        raise _bad(path, "'plan' layer entries must name CSR layers and map 'bucket:threads' to 'dense' or 'sparse'.")
+
+    def layer_ok(i, d):
+        if not (isinstance(i, str) and i.isdigit() and int(i) < len(layers) and layers[int(i)].is_sparse):
+            return False
+        # a CSR layer chooses dense or sparse; a quantized one its codes or its float copy
+        return keys_ok(d, ("quantized", "float") if layers[int(i)].quant is not None else ("dense", "sparse"))
+
+    if not isinstance(per_layer, dict) or not all(layer_ok(i, d) for i, d in per_layer.items()):
+        raise _bad(path, "'plan' layer entries must name CSR layers and map 'bucket:threads' to 'dense' or "
+                         "'sparse' ('quantized' or 'float' for a quantized layer).")
     return plan

@@ -181,3 +181,18 @@ def test_quantize_bad_arguments(pruned):
     with pytest.raises(ValueError, match="index_bits"):
         m.quantize(index_bits=3)
     assert all(lay.quant is None for lay in m.layers_)   # nothing changed by a refused call
+
+
+def test_frozen_choices_of_a_quantized_model_save_and_load(pruned, digits, tmp_path):
+    X, _ = digits
+    q = copy.deepcopy(pruned).quantize(bits=4, scheme="kmeans", index_bits=5)
+    for b in (1, 300):
+        for _ in range(40):
+            q.predict_proba(np.ascontiguousarray(X[:b]))
+    q.plan_.freeze()
+    saved = q.plan_.to_dict()
+    assert saved["layers"] and all(set(d.values()) <= {"quantized", "float"} for d in saved["layers"].values())
+    q.save(tmp_path / "q.npz")
+    back = sparseprune.load(tmp_path / "q.npz")
+    assert back.plan_.to_dict() == saved
+    np.testing.assert_allclose(back.predict_proba(X), q.predict_proba(X), rtol=1e-6, atol=1e-7)
