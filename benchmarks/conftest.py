@@ -59,8 +59,15 @@ def pytest_collect_file(file_path, parent):
     return pytest.Module.from_parent(parent, path=file_path)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow_bench: a benchmark that takes more than a few seconds at full size")
+    # The project's addopts run the tests on two xdist workers; benchmarks must run in one
+    # process (pytest-benchmark disables itself under xdist, and two processes would time
+    # each other). Runs before xdist's own configure, which then starts no workers.
+    if getattr(config.option, "numprocesses", None):
+        config.option.numprocesses = 0
+        config.option.dist = "no"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -31,7 +31,8 @@ def _pytest_command() -> list[str]:
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, **{QUICK_VAR: "1", "SPARSEPRUNE_BENCH_THREADS": "1"})
-    return subprocess.run([*_pytest_command(), *args, "-q", "--basetemp", str(tmp_path / "bt")],
+    # -n 0: one process per suite here (the project's addopts run the test suite on two).
+    return subprocess.run([*_pytest_command(), *args, "-q", "-n", "0", "--basetemp", str(tmp_path / "bt")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
