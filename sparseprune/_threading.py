@@ -35,8 +35,8 @@ def _preload_tbb() -> bool:
     import sys
 
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        for name in ("libtbb.so.12", "libtbb.12.dylib", "tbb12.dll"):
-            path = os.path.join(prefix, "Library" if name.endswith(".dll") else "lib", name)
+        for name in ("libtbb.so.12", "libtbb.12.dylib"):
+            path = os.path.join(prefix, "lib", name)
             if os.path.isfile(path):
                 try:
                     ctypes.CDLL(path, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
