@@ -53,13 +53,6 @@ import numpy as np
 QUICK = os.environ.get("SPARSEPRUNE_BENCH_QUICK", "") not in ("", "0")
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def build_model(seed: int = 0, sparsity: float = 0.95):
     """A 784-300-100-10 MLPClassifier (float32) fitted 2 epochs on random data, then pruned."""
     import sparseprune
@@ -164,7 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     from sparseprune import dask as spd
 
-    cores = _usable_cores()
+    import numba
+
+    # the cores the local runs can use: numba cannot start more threads than it was started with
+    cores = min(spd._usable_cores(), numba.config.NUMBA_NUM_THREADS)
     block_rows = min(args.block_rows or spd.default_block_rows(784, 4), args.rows)
     n_blocks = max(1, -(-args.rows // block_rows))
     rows = n_blocks * block_rows

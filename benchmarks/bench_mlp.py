@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 import sparseprune
+
+import _timing  # benchmarks/_timing.py (the script's folder; benchmarks/conftest.py for pytest)
 from sparseprune import MLPClassifier
 
 QUICK = os.environ.get("SPARSEPRUNE_BENCH_QUICK") == "1"
@@ -87,22 +89,8 @@ def block_medians(models, X, names=NAMES, rounds=ROUNDS):
     running one model does not have. The timed warm-up outlasts that window
     even for batch-1 calls of a fraction of a millisecond.
     """
-    import time
-
-    times = {name: [] for name in names}
-    for order in (list(names), list(names)[::-1]):
-        for name in order:
-            predict = models[name].predict
-            predict(X)  # warm-up: compile, calibrate, build the prepared layers
-            predict(X)
-            end = time.perf_counter() + WARMUP_S
-            while time.perf_counter() < end:
-                predict(X)
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                predict(X)
-                times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    stats = _timing.block_stats({name: models[name].predict for name in names}, X, rounds, WARMUP_S)
+    return {name: med for name, (med, _) in stats.items()}
 
 
 @pytest.mark.parametrize("threads", sorted({1, numba.config.NUMBA_NUM_THREADS}))

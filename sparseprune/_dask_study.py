@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from sparseprune import cli
 from sparseprune.dask import _current_worker, _limit_threads, _usable_cores, task_threads
 
 __all__ = ["bench_fleet", "fleet_table", "format_fleet_table", "machine_of_worker", "mlp_study", "mlp_study_local",
@@ -65,24 +66,8 @@ def machine_of_worker() -> dict:
 
 
 # --------------------------------------------------------------------------- settings
-def _timing(quick: bool, repeats: int | None, min_time: float) -> dict:
-    """The CLI's timing settings (``cli._timing_settings``)."""
-    from sparseprune import cli
-
-    return cli._timing_settings(quick, repeats, min_time)
-
-
-def _recipe(quick: bool, n_train: int) -> dict:
-    """The CLI's MLP recipe for this run (``cli._mlp_recipe``)."""
-    from sparseprune import cli
-
-    return cli._mlp_recipe(quick, n_train)
-
-
 def _worker_run(cfg: dict, seed: int, threads: int):
     """A ``cli._Run`` for timing on this worker (quiet; output folder unused)."""
-    from sparseprune import cli
-
     args = argparse.Namespace(quick=cfg["quick"], quiet=True, json=False, seed=seed, threads=threads)
     t = cfg["timing"]
     return cli._Run(args, Path(tempfile.gettempdir()), threads, t["repeats"], t["warmup"], t["min_time"])
@@ -145,8 +130,6 @@ def _eliminate(ds, cfg: dict, dense: dict):
 
 def _cell(ds, cfg: dict, seed: int, what: str, param, dense: dict, source: dict | None = None) -> dict:
     """One row of the MLP table, built and timed on this worker (see the module docstring)."""
-    from sparseprune import cli
-
     rc = cfg["recipe"]
     X, y = ds.X_train, ds.y_train
     with _Cell(cfg) as threads:
@@ -236,10 +219,8 @@ def _progress(iterable: Iterable, total: int, show: bool | None, desc: str) -> I
 
 
 def _config(ds, sparsities, quick, repeats, timed, threads, host_threads) -> dict:
-    from sparseprune import cli
-
-    return {"quick": bool(quick), "recipe": _recipe(quick, ds.X_train.shape[0]), "batches": list(cli._MLP_BATCHES),
-            "timing": _timing(quick, repeats, 0.01), "timed": bool(timed), "threads": threads,
+    return {"quick": bool(quick), "recipe": cli._mlp_recipe(quick, ds.X_train.shape[0]),
+            "batches": list(cli._MLP_BATCHES), "timing": cli._timing_settings(quick, repeats, 0.01), "timed": bool(timed), "threads": threads,
             "host_threads": host_threads, "sparsities": [float(s) for s in sparsities],
             "cli_schema": cli.SCHEMA_VERSION}
 
@@ -369,8 +350,6 @@ def mlp_study_local(dataset, sparsities: Sequence[float], *, quick: bool = False
 
 # --------------------------------------------------------------------------- tree / forest sections
 def _trees_task(ds, cfg: dict, family: str, seed: int) -> dict:
-    from sparseprune import cli
-
     with _Cell(cfg) as threads:
         run = _worker_run(cfg, seed, threads)
         t0 = time.perf_counter()
@@ -412,7 +391,7 @@ def trees_study(client, dataset, family: str, *, quick: bool = False, seed: int 
     from sparseprune.dask import _host_threads
 
     cfg = _config(dataset, [], quick, repeats, True, None, _host_threads(client))
-    cfg["timing"]["min_time"] = _timing(quick, repeats, 0.01)["min_time"]
+    cfg["timing"]["min_time"] = cli._timing_settings(quick, repeats, 0.01)["min_time"]
     fut = client.submit(_trees_task, dataset, cfg, family, int(seed), pure=False,
                         key=f"sparseprune-{family}-{uuid.uuid4().hex[:8]}")
     try:
@@ -424,15 +403,12 @@ def trees_study(client, dataset, family: str, *, quick: bool = False, seed: int 
 # --------------------------------------------------------------------------- fleet bench
 def _bench_defaults(quick: bool, size, densities, batches) -> dict:
     """The ``bench`` command's defaults for the linear sweep (``cli._bench_defaults``)."""
-    from sparseprune import cli
-
     n, d, b = cli._bench_defaults(quick, size, densities, batches)
     return {"size": n, "densities": d, "batches": b}
 
 
 def _bench_task(cfg: dict) -> dict:
     """``cli._bench_linear`` on this worker with all of its machine's usable cores."""
-    from sparseprune import cli
     from sparseprune._measure import machine_info
 
     threads = cfg["threads"] or None
@@ -499,7 +475,7 @@ def bench_fleet(client, *, quick: bool = False, size: int | None = None, densiti
     if not isinstance(client, Client):
         raise TypeError(f"The 'client' parameter must be a distributed.Client. Got {type(client).__name__} instead.")
     cfg = {"quick": bool(quick), "seed": int(seed), "threads": threads,
-           "timing": _timing(quick, repeats, 0.02), **_bench_defaults(quick, size, densities, batches)}
+           "timing": cli._timing_settings(quick, repeats, 0.02), **_bench_defaults(quick, size, densities, batches)}
     keys = client.run(_machine_key)  # {worker address: machine key}
     machines: dict[tuple, str] = {}
     for addr in sorted(keys):

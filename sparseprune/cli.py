@@ -1070,13 +1070,15 @@ def _print_bench(run: _Run, results: dict) -> None:
              f"{run.settle:g} s pause, two passes in opposite order), warm-up excluded; spread in bench.json")
 
 
-def _bench_model(run: _Run, path: str, batches: Sequence[int]) -> dict:
-    """An ONNX model as the user exported it: onnxruntime, bare numpy and sparseprune, same threads."""
-    import sparseprune as spp
-    from sparseprune.onnx import _read
+def _bench_model(run: _Run, path: str, read: tuple, batches: Sequence[int]) -> dict:
+    """An ONNX model as the user exported it: onnxruntime, bare numpy and sparseprune, same threads.
 
-    _, info, n_features = _read(path)
-    model = spp.from_onnx(path)
+    ``read`` is what ``sparseprune.onnx._read`` found in the file (read once, by :func:`_check_model_file`).
+    """
+    from sparseprune.onnx import _model_from
+
+    _, info, n_features = read
+    model = _model_from(*read)
     classifier = hasattr(model, "classes_")
     serve = model.predict_proba if classifier else model.predict
     if info.head == "log_softmax":
@@ -1197,12 +1199,12 @@ def _bench_defaults(quick: bool, size: int | None, densities, batches) -> tuple[
             list(batches or ([1, 64] if quick else [1, 16, 64, 256])))
 
 
-def _check_model_file(path: str) -> None:
-    """Refuse an unreadable --model before any timing starts (exit code 1, one line)."""
+def _check_model_file(path: str) -> tuple:
+    """The --model file read (``sparseprune.onnx._read``), or exit code 1 with one line before any timing starts."""
     try:
         from sparseprune.onnx import _read
 
-        _read(path)
+        return _read(path)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
     except (ValueError, OSError) as exc:
@@ -1241,8 +1243,8 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         batches = args.batches or [1, 256]
         doc["settings"].update({"model": str(args.model), "batches": batches})
         with thread_limit(run.threads):
-            _check_model_file(args.model)
-            results["model"] = _section("model", lambda: _bench_model(run, args.model, batches), run)
+            read = _check_model_file(args.model)
+            results["model"] = _section("model", lambda: _bench_model(run, args.model, read, batches), run)
     else:
         n, densities, batches = _bench_defaults(args.quick, args.size, args.densities, args.batches)
         mask_densities = args.mask_densities or ([0.1, 0.5] if args.quick else [0.01, 0.1, 0.3, 0.5])

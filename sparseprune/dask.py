@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -674,8 +675,14 @@ def connect(address: str, *, timeout: float = DEFAULT_TIMEOUT, n_workers: int | 
         raise ValueError(f"{address!r} is not a Dask scheduler address ({exc}); pass one like "
                          "tcp://host:8786 or 'local'.") from None
     try:
-        with _quiet_distributed():
-            return Client(address, timeout=float(timeout), set_as_default=True)
+        try:
+            with _quiet_distributed():
+                return Client(address, timeout=float(timeout), set_as_default=True)
+        finally:
+            # The half-built Client of a failed connection is left to the garbage collector.
+            # Collected later, inside the next Client's start-up, its __del__ stops the shared
+            # event loop runner that start-up is holding: a hang seen in the tests. Collect it now.
+            gc.collect()
     except (OSError, TimeoutError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConnectionError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({reason}); "

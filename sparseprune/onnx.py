@@ -682,11 +682,17 @@ def from_onnx(src, *, kind: str = "auto", classes=None, max_density: float = SPA
     FileNotFoundError
         The file, or an external-data file it refers to, is missing.
     """
+    if kind not in ("auto", "classifier", "regressor"):
+        raise ValueError(f"kind must be 'auto', 'classifier' or 'regressor'. Got {kind!r}.")
+    return _model_from(*_read(src, max_density), kind=kind, classes=classes)
+
+
+def _model_from(layers, info: OnnxInfo, n_features: int, *, kind: str = "auto", classes=None):
+    """The model for what :func:`_read` found (see :func:`from_onnx`)."""
     from sparseprune.mlp import MLPClassifier, MLPRegressor
 
     if kind not in ("auto", "classifier", "regressor"):
         raise ValueError(f"kind must be 'auto', 'classifier' or 'regressor'. Got {kind!r}.")
-    layers, info, n_features = _read(src, max_density)
     n_out = layers[-1][0].shape[0]
     head = info.head
     has_labels = info.classes is not None or "label" in info.output_names

@@ -62,17 +62,20 @@ from __future__ import annotations
 
 import numbers
 import threading
+import time
 from typing import Mapping
 
 import numpy as np
 import scipy.sparse as sp
 
+from sparseprune._dispatch import Choice, bucket_of
 from sparseprune._threading import _num_threads_now, run_parallel
 from sparseprune._validation import check_float_matrix, check_int
 from sparseprune.kernels import quant as _kq
 from sparseprune.kernels import spmm as _k
 from sparseprune.spmm import (
     BLOCK_ROWS_PER_CHUNK,
+    SparseLinear,
     PAD_TO,
     PARTS_PER_THREAD,
     ROWS_MAX_BATCH,
@@ -88,6 +91,7 @@ from sparseprune.spmm import (
     _propagate_nonfinite,
     _scratch_array,
     _Tiled,
+    _activate_inplace,
 )
 
 __all__ = [
@@ -1101,8 +1105,6 @@ class QuantizedLinear:
 
     def _float_layer(self):
         if self._float is None:
-            from sparseprune.spmm import SparseLinear
-
             with self._lock:
                 if self._float is None:
                     self._float = SparseLinear(self.Q.dequantize(), self.bias, self.activation)
@@ -1112,8 +1114,6 @@ class QuantizedLinear:
         key = (bucket, n_threads)
         ch = self._choices.get(key)
         if ch is None:
-            from sparseprune._dispatch import Choice
-
             with self._lock:
                 ch = self._choices.get(key)
                 if ch is None:
@@ -1136,14 +1136,10 @@ class QuantizedLinear:
         batch = np.shape(X)[0] if np.ndim(X) == 2 else 0
         if not batch or not self.shape[0]:
             return self._run("quantized", X)
-        from sparseprune._dispatch import bucket_of
-
         ch = self._choice_for(bucket_of(batch), _num_threads_now())
         path = ch.next()
         if ch.frozen or len(ch.candidates) == 1:
             return self._run(path, X)
-        import time
-
         t0 = time.perf_counter()
         Y = self._run(path, X)
         ch.record(path, time.perf_counter() - t0, batch)
@@ -1159,8 +1155,6 @@ class QuantizedLinear:
             Y = np.asarray(X) @ self._dense_w.T
             Y += self.bias
             if self._act:
-                from sparseprune.spmm import _activate_inplace
-
                 _activate_inplace(Y, self._act)
             return Y
         return qlinear(X, self.Q, self.bias, self.activation)
@@ -1178,8 +1172,6 @@ class QuantizedLinear:
         return {f"{b}:{t}": ch.chosen for (b, t), ch in self._choices.items() if ch.frozen and ch.chosen}
 
     def _load_frozen(self, d: dict) -> None:
-        from sparseprune._dispatch import Choice
-
         for key, path in d.items():
             if path not in ("quantized", "float"):
                 continue
@@ -1188,7 +1180,6 @@ class QuantizedLinear:
 
     def explain(self, X, method: str = "auto"):
         """What a call at batch ``X`` (an int or an array) runs, and why (a :class:`sparseprune.Decision`)."""
-        from sparseprune._dispatch import bucket_of
         from sparseprune.spmm import Decision, _batch_of
 
         batch = X if isinstance(X, (int, np.integer)) else _batch_of(X)

@@ -196,3 +196,23 @@ def test_frozen_choices_of_a_quantized_model_save_and_load(pruned, digits, tmp_p
     back = sparseprune.load(tmp_path / "q.npz")
     assert back.plan_.to_dict() == saved
     np.testing.assert_allclose(back.predict_proba(X), q.predict_proba(X), rtol=1e-6, atol=1e-7)
+
+
+def test_quantized_linear_paths_and_bad_arguments(pruned, digits):
+    from naive import ref_linear
+
+    from sparseprune.quantize import QuantizedLinear, quantize
+
+    X, _ = digits
+    W = pruned.layers_[0].weight
+    b = np.asarray(pruned.layers_[0].bias)
+    op = QuantizedLinear(quantize(W, bits=4, scheme="kmeans"), b, "relu")
+    Xc = X[:33].copy()
+    want = ref_linear(Xc, op.Q.dequantize().toarray(), b, "relu")
+    for method in ("auto", "quantized", "float", "dense"):
+        np.testing.assert_allclose(op(Xc, method), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(Xc, X[:33])   # input untouched
+    with pytest.raises(ValueError, match="method must be"):
+        op(Xc, "turbo")
+    with pytest.raises(TypeError, match="QuantizedCSR"):
+        QuantizedLinear(W, b)

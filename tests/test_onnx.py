@@ -579,3 +579,17 @@ def test_imported_model_saves_prunes_and_fine_tunes(tmp_path, digits):
     model.prune(0.9).fine_tune(X, y, epochs=2)
     assert sum(lay.nnz for lay in model.layers_) <= 0.1 * sum(W.size for W in Ws) + 1
     assert model.predict(X).shape == (X.shape[0],)
+
+
+def test_to_onnx_bad_arguments_and_input_untouched(digits):
+    X, y = digits
+    with pytest.raises(TypeError, match="model must be"):
+        sparseprune.to_onnx(object())
+    with pytest.raises(ValueError, match="opset must be"):
+        _fitted(X, y).to_onnx(opset=5)
+    # from_onnx never changes the ModelProto it is given
+    Ws, bs = weights(8, (4,), 2, 0.5)
+    g = torch_style(Ws, bs, head="Softmax")
+    before = g.SerializeToString()
+    from_onnx(g)
+    assert g.SerializeToString() == before
