@@ -35,7 +35,7 @@ measuring its first calls on each worker); cluster start-up is not timed but
 reported. "vs local" divides by the in-process throughput on all usable cores
 (equal cores: the clusters use all cores too); the Dask overhead is 1 - that.
 
-Then the demo's quick MLP study (``sparseprune._dask_study``): all cells in this
+Then the demo's quick MLP study (``sparseprune.studies.dask``): all cells in this
 process vs on a 2-worker cluster, wall time (cluster start-up excluded) and
 whether every row's accuracy is identical.
 """
@@ -123,7 +123,7 @@ def time_dask(model, block: np.ndarray, n_blocks: int, workers: int, repeats: in
 
 
 def time_study(sparsities: list[float], workers: int = 2) -> dict:
-    from sparseprune import _dask_study as st
+    from sparseprune.studies import dask as st
     from sparseprune import dask as spd
     from sparseprune.datasets import load_dataset
 

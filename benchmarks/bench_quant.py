@@ -185,7 +185,7 @@ def test_llc_sweep_batch1(benchmark, n, variant):
 
 def time_interleaved(fns: dict, repeats: int, min_time: float) -> dict:
     """name -> (median, p90) seconds per call; round-robin repeats, order alternating, each repeat >= min_time."""
-    from sparseprune._measure import _calibrate
+    from sparseprune.studies.measure import _calibrate
 
     numbers = {k: _calibrate(f, min_time) for k, f in fns.items()}
     samples = {k: [] for k in fns}
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
 
 
 def _machine() -> dict:
-    from sparseprune._measure import machine_info
+    from sparseprune.studies.measure import machine_info
 
     info = machine_info()
     info["llc_bytes"] = last_level_cache_bytes()

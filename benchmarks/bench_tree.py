@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeClassifier
 
 from sparseprune import compile_tree, get_num_threads, prune_tree, thread_limit
-from sparseprune.tree import pruning_curve
+from sparseprune.trees import pruning_curve
 
 THREADS = get_num_threads()
 # SPARSEPRUNE_BENCH_QUICK=1: tiny sizes and no target assertions, for CI's smoke run.

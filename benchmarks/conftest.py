@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from sparseprune._threading import thread_limit
+from sparseprune.inference.threads import thread_limit
 
 # Suites import shared helpers (_timing) as scripts do: from this folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,7 +71,7 @@ def pytest_configure(config):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    from sparseprune._measure import machine_info as sp_machine_info
+    from sparseprune.studies.measure import machine_info as sp_machine_info
 
     machine_info["sparseprune"] = sp_machine_info()
     machine_info["sparseprune"]["bench_threads"] = _threads()

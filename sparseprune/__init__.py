@@ -15,9 +15,19 @@ if _ilu.find_spec(__name__ + ".kernels") is None:
     if _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")):
         __path__.append(_root)
 
-from sparseprune._threading import get_num_threads, set_num_threads, thread_limit, threading_layer
-from sparseprune.spmm import Decision, SparseLinear, calibrate, explain, linear, set_calibration
-from sparseprune.masking import (
+from sparseprune.inference import (
+    Decision,
+    SparseLinear,
+    calibrate,
+    explain,
+    get_num_threads,
+    linear,
+    set_calibration,
+    set_num_threads,
+    thread_limit,
+    threading_layer,
+)
+from sparseprune.pruning import (
     SparsityInfo,
     global_magnitude_prune,
     magnitude_prune,
@@ -30,8 +40,8 @@ from sparseprune.masking import (
 # first use, so `import sparseprune` costs little more than numpy, scipy and numba.
 _LAZY = {
     "MLPClassifier": "sparseprune.mlp", "MLPRegressor": "sparseprune.mlp", "load": "sparseprune.mlp",
-    "CompiledTree": "sparseprune.tree", "PruningReport": "sparseprune.tree", "compile_tree": "sparseprune.tree",
-    "prune_tree": "sparseprune.tree", "pruning_curve": "sparseprune.tree", "tree_report": "sparseprune.tree",
+    "CompiledTree": "sparseprune.trees", "PruningReport": "sparseprune.trees", "compile_tree": "sparseprune.trees",
+    "prune_tree": "sparseprune.trees", "pruning_curve": "sparseprune.trees", "tree_report": "sparseprune.trees",
     "from_onnx": "sparseprune.onnx", "to_onnx": "sparseprune.onnx",
 }
 

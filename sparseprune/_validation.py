@@ -74,3 +74,11 @@ def index_dtype(nnz: int, *dims: int) -> type:
     """int32 indices unless nnz or a dimension needs int64 (scipy's own rule)."""
     limit = np.iinfo(np.int32).max
     return np.int64 if max((nnz, *dims), default=0) > limit else np.int32
+
+
+def check_choice(value, name: str, choices) -> str:
+    """``value`` if it is one of the strings ``choices``, else a ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"The '{name}' parameter must be one of {opts}. Got {value!r} instead.")
+    return value

@@ -3,7 +3,7 @@
 ``sparseprune demo`` trains, prunes and times the project's models on one
 dataset and writes ``results.json`` plus PNG plots; ``sparseprune bench`` sweeps
 the kernels against numpy/scipy baselines. Both measure the way
-:mod:`sparseprune._measure` describes (warm-up excluded, repeats interleaved
+:mod:`sparseprune.studies.measure` describes (warm-up excluded, repeats interleaved
 for demo and grouped after a pause for bench, median with IQR, BLAS and numba
 on the same thread count).
 
@@ -15,41 +15,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime as _dt
-import math
 import sys
 import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
-
-from sparseprune import _report as rp
-from sparseprune._measure import compare, machine_info
-from sparseprune._threading import get_num_threads, thread_limit
 from sparseprune.datasets import DATASETS, Dataset, load_dataset
+from sparseprune.inference.threads import get_num_threads, thread_limit
+from sparseprune.studies import bench, common
+from sparseprune.studies import mlp as mlp_study
+from sparseprune.studies import report as rp
+from sparseprune.studies import trees as tree_study
+from sparseprune.studies.common import DataError, UsageError
+from sparseprune.studies.measure import machine_info
 
-__all__ = ["main", "SCHEMA_VERSION"]
+__all__ = ["main"]
 
-SCHEMA_VERSION = 1
 DEFAULT_OUT = "sparseprune-results"
 DEFAULT_SPARSITIES = "0,0.5,0.8,0.9,0.95,0.98"
 QUICK_SPARSITIES = "0,0.5,0.9"
 DEMO_SECTIONS = ("mlp", "tree", "forest")
 BENCH_KERNELS = ("linear", "mask", "dispatch")
-
-
-class UsageError(Exception):
-    """Bad command-line usage: reported as one line on stderr, exit code 2."""
-
-
-class DataError(Exception):
-    """A data file exists but cannot be read (corrupt, truncated): one line on stderr, exit code 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -190,73 +180,6 @@ def _version() -> str:
 
 
 # ------------------------------------------------------------------ plumbing
-@dataclass
-class _Run:
-    """What every section needs: options, output, timing settings, progress and messages."""
-
-    args: argparse.Namespace
-    out: Path
-    threads: int | None
-    repeats: int
-    warmup: int
-    min_time: float
-    settle: float = 0.0
-
-    @property
-    def quick(self) -> bool:
-        return bool(self.args.quick)
-
-    def say(self, msg: str) -> None:
-        """A status line on stderr (silent with --quiet)."""
-        if not self.args.quiet:
-            print(f"sparseprune: {msg}", file=sys.stderr, flush=True)
-
-    def show(self, text: str) -> None:
-        """Human output on stdout (suppressed with --json, which keeps stdout pure JSON)."""
-        if not self.args.json:
-            print(text, flush=True)
-
-    def progress(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
-        """tqdm on stderr for long steps, unless --quiet or tqdm is missing."""
-        if self.args.quiet:
-            return iterable
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return iterable
-        # disable=None: no bar when stderr is not a terminal (CI logs stay clean).
-        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True,
-                    disable=None)
-
-    def time(self, fns: dict[str, Callable[[], object]]) -> dict:
-        """Interleaved timings (see _measure.compare) as JSON-ready dicts."""
-        res = compare(fns, repeats=self.repeats, warmup=self.warmup, min_time=self.min_time, settle=self.settle)
-        return {k: t.to_dict() for k, t in res.items()}
-
-
-class _Bar:
-    """A tqdm bar for steps that are not a loop (no-op with --quiet or without tqdm)."""
-
-    def __init__(self, run: _Run, desc: str, total: int) -> None:
-        self._bar = None
-        if not run.args.quiet:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self._bar = tqdm(desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True,
-                             disable=None)
-
-    def update(self) -> None:
-        if self._bar is not None:
-            self._bar.update()
-
-    def __enter__(self) -> "_Bar":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def _prepare_out(path: str) -> Path:
@@ -275,7 +198,7 @@ def _prepare_out(path: str) -> Path:
 
 def _check_threads(n: int | None) -> int | None:
     """--threads checked as ``sparseprune.thread_limit`` checks it, as a usage error."""
-    from sparseprune._threading import _check_threads as check
+    from sparseprune.inference.threads import _check_threads as check
 
     if n is None:
         return None
@@ -285,26 +208,20 @@ def _check_threads(n: int | None) -> int | None:
         raise UsageError(f"--threads {n}: {exc}") from None
 
 
-def _timing_settings(quick: bool, repeats: int | None, min_time: float) -> dict:
-    """Timed repeats, untimed warm-up calls and seconds per repeat for a run."""
-    return {"repeats": repeats or (3 if quick else 7), "warmup": 1 if quick else 2,
-            "min_time": min_time / 5 if quick else min_time}
-
-
-def _make_run(args: argparse.Namespace, min_time: float) -> _Run:
+def _make_run(args: argparse.Namespace, min_time: float) -> common.Run:
     out = _prepare_out(args.out)
     threads = _check_threads(args.threads)
-    t = _timing_settings(args.quick, args.repeats, min_time)
-    return _Run(args, out, threads, t["repeats"], t["warmup"], t["min_time"])
+    t = common.timing_settings(args.quick, args.repeats, min_time)
+    return common.Run(args, out, threads, t["repeats"], t["warmup"], t["min_time"])
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _header(command: str, run: _Run, argv: Sequence[str]) -> dict:
+def _header(command: str, run: common.Run, argv: Sequence[str]) -> dict:
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": common.SCHEMA_VERSION,
         "command": command,
         "argv": list(argv),
         "created_utc": _now(),
@@ -329,7 +246,7 @@ def _header(command: str, run: _Run, argv: Sequence[str]) -> dict:
     }
 
 
-def _section(name: str, fn: Callable[[], dict], run: _Run) -> dict:
+def _section(name: str, fn: Callable[[], dict], run: common.Run) -> dict:
     """Run one study; a missing dependency or a failure is recorded, never faked."""
     try:
         sec = fn()
@@ -376,233 +293,6 @@ def _lat(row: dict, batch: str, key: str) -> float | None:
     return None if t is None else t["median_s"]
 
 
-def _batch(X: np.ndarray, b: int) -> np.ndarray:
-    """The first b test rows (tiled when the test split is smaller), C-contiguous."""
-    reps = -(-b // X.shape[0])
-    return np.ascontiguousarray(np.tile(X, (reps, 1))[:b] if reps > 1 else X[:b])
-
-
-def _time_fns(run: _Run, fns: dict, settle: float | None) -> dict:
-    """Timings (as dicts) of ``fns``: interleaved, or with ``settle`` each as a group after a pause."""
-    if settle is None:
-        return run.time(fns)
-    res = compare(fns, repeats=run.repeats, warmup=run.warmup, min_time=run.min_time, settle=settle)
-    return {k: v.to_dict() for k, v in res.items()}
-
-
-def _baseline(run: _Run, X: np.ndarray, dense: Callable, batches: Sequence[int],
-              dense_variants: dict[str, Callable] | None = None, settle: float | None = None) -> dict:
-    """The baseline's timings per batch size, measured once for a whole table (see :func:`_latency`)."""
-    out = {}
-    for b in batches:
-        Xb = _batch(X, b)
-        fns = {"dense": lambda: dense(Xb)}
-        for name, fn in (dense_variants or {}).items():
-            fns[name] = lambda fn=fn: fn(Xb)
-        out[str(b)] = _time_fns(run, fns, settle)
-    return out
-
-
-def _latency(run: _Run, X: np.ndarray, baseline: dict, pruned: Callable, batches: Sequence[int],
-             extra: dict[str, Callable] | None = None, settle: float | None = None) -> dict:
-    """Time the pruned model per batch size against ``baseline`` (from :func:`_baseline`).
-
-    speedup = baseline median / pruned median. The baseline is timed once per
-    table, in the same run: re-timing the same dense model for every row cost
-    a third of the demo's time and only added noise. Baseline variants (e.g. a
-    forest with ``n_jobs=1``) compete: the fastest becomes ``"dense"``, so the
-    speedup is always against the best baseline measured (``"dense_variant"``
-    says which).
-    """
-    out = {}
-    for b in batches:
-        Xb = _batch(X, b)
-        fns = {"pruned": lambda: pruned(Xb)}
-        for name, fn in (extra or {}).items():
-            fns[name] = lambda fn=fn: fn(Xb)
-        t = {**baseline[str(b)], **_time_fns(run, fns, settle)}
-        variants = [k for k in baseline[str(b)] if k != "dense"]
-        best = min(["dense", *variants], key=lambda k: t[k]["median_s"])
-        t["dense_variant"] = best
-        if best != "dense":
-            t["dense_default"], t["dense"] = t["dense"], t.pop(best)
-        t["speedup"] = t["dense"]["median_s"] / t["pruned"]["median_s"]
-        out[str(b)] = t
-    return out
-
-
-def _mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[int]) -> dict:
-    """Weight counts and storage of a fitted MLP's layers (CSR or dense), weights only for bytes."""
-    from sparseprune.masking import sparsity_info
-
-    nnz = dense_bytes = csr_bytes = biases = 0
-    layers = []
-    for layer in model.layers_:
-        info = sparsity_info(layer.weight)
-        nnz += info.nnz
-        dense_bytes += info.dense_bytes
-        csr_bytes += info.csr_bytes
-        biases += int(np.asarray(layer.bias).size)
-        entry = {"shape": list(info.shape), "nnz": info.nnz, "density": info.density,
-                 "storage": "csr" if hasattr(layer.weight, "tocsr") else "dense"}
-        if layer.quant is not None:
-            entry["storage"] = f"{layer.quant.scheme}{layer.quant.bits}"
-        layers.append(entry)
-    report = model.sparsity_report()[-1]
-    return {
-        "sparsity": 1.0 - nnz / weights_total,
-        "params_total": weights_total + biases_total,
-        "params_kept": nnz + biases,
-        "nnz": nnz,
-        "dense_bytes": dense_bytes,
-        "csr_bytes": csr_bytes,
-        "flops_per_sample": 2 * nnz,
-        # every byte save() writes for weights and biases, and dense float32 over it
-        "stored_bytes": report["stored_bytes"],
-        "compression": report["compression"],
-        "hidden_sizes": [lay["shape"][0] for lay in layers[:-1]],
-        "layers": layers,
-    }
-
-
-# The MLP recipe follows the MLP module's own digits study (sparseprune/_study_mlp.py):
-# each sparsity is reached from the dense model by gradual pruning (Zhu & Gupta
-# schedule with masked fine-tuning), then neurons are eliminated.
-_MLP_RECIPE = {"hidden": (300, 100), "max_iter": 200, "epochs": 80, "learning_rate": 3e-3,
-               "eliminate_fraction": 0.5, "eliminate_criterion": "l2", "fine_tune_epochs": 10,
-               "combined_sparsity": 0.9,
-               # Deep Compression on the sparsest pruned model at or below 95 %: k-means codes of
-               # these widths, 5-bit relative column indices, centroids fine-tuned.
-               "quantize_bits": (8, 5, 4), "quantize_index_bits": 5, "quantize_sparsity": 0.95}
-_MLP_QUICK = {**_MLP_RECIPE, "hidden": (64, 32), "max_iter": 10, "epochs": 3, "fine_tune_epochs": 2}
-
-
-def _plan_paths(model, batch: int) -> tuple[bool, list[str]]:
-    """What the model's plan runs at ``batch``: (all layers in one fused call?, per layer
-    "dense" or "sparse")."""
-    from sparseprune._dispatch import bucket_of
-    from sparseprune._threading import _num_threads_now
-
-    plan = model.plan_
-    key = (bucket_of(batch), _num_threads_now())
-    ch = plan.choices.get(key)
-    if ch is not None and ch.next() == "fused":
-        return True, list(plan.layer_kinds)
-    paths = ["dense" if not hasattr(op, "_choices") or key not in op._choices else op._choices[key].next()
-             for op in plan._ops]
-    # A quantized layer runs its codes ("quantized") or the float kernel on a dequantized copy ("sparse").
-    return False, [("sparse" if p == "float" else "quantized") if hasattr(op, "Q") else p
-                   for op, p in zip(plan._ops, paths)]
-
-
-def _plan_ran(model, batch: int) -> str:
-    """Short on-screen form: "1 call: S S D" (fused) or "S S D" (layer by layer)."""
-    fused, paths = _plan_paths(model, batch)
-    return ("1 call: " if fused else "") + " ".join({"sparse": "S", "quantized": "Q"}.get(p, "D") for p in paths)
-
-
-def _quantized_rows(run: _Run, pruned: dict, rc: dict, X, y, row: Callable) -> list[dict]:
-    """Pruning + quantization rows: the sparsest pruned model at or below the recipe's sparsity, k-means
-    codes of each width with centroid fine-tuning."""
-    base = [s for s in pruned if s <= rc["quantize_sparsity"]]
-    if not base:
-        return []
-    s = max(base)
-    out = []
-    for bits in run.progress(rc["quantize_bits"], "mlp: quantization", total=len(rc["quantize_bits"])):
-        q = copy.deepcopy(pruned[s]).quantize(bits=bits, scheme="kmeans", index_bits=rc["quantize_index_bits"])
-        q.fine_tune(X, y, epochs=rc["fine_tune_epochs"])
-        out.append(row(f"{100 * s:g}% + kmeans{bits}", "quantized", q, s))
-    return out
-
-
-def _mlp_recipe(quick: bool, n_train: int) -> dict:
-    """The MLP study's recipe for a training set of ``n_train`` rows."""
-    rc = dict(_MLP_QUICK if quick else _MLP_RECIPE)
-    if not quick and n_train > 5000:
-        # The digits recipe would take tens of minutes on 60k rows; fewer, larger passes instead.
-        rc.update(max_iter=20, epochs=10, fine_tune_epochs=3)
-    return rc
-
-
-def _mlp_row(run: _Run, ds: Dataset, dense, model, label: str, kind: str, target: float | None,
-             base: dict | None, settle: float) -> dict:
-    """One row of the MLP table: sizes, accuracy, and (with a baseline) latency and what the plan ran."""
-    shapes = [tuple(layer.weight.shape) for layer in dense.layers_]
-    batches = _MLP_BATCHES
-    r = {"label": label, "kind": kind, "target_sparsity": target}
-    r.update(_mlp_stats(model, sum(o * i for o, i in shapes), sum(o for o, _ in shapes), batches))
-    r["accuracy"] = float(np.mean(model.predict(ds.X_test) == ds.y_test))
-    if base is not None:
-        r["latency"] = _latency(run, ds.X_test, base, model.predict, batches, settle=settle)
-        # What the model's plan ran at each batch size (measured on the calls above).
-        r["ran"] = {str(b): _plan_ran(model, b) for b in batches}
-        for lay, paths in zip(r["layers"], zip(*(_plan_paths(model, b)[1] for b in batches))):
-            lay["path"] = dict(zip(map(str, batches), paths))
-    return r
-
-
-_MLP_BATCHES = [1, 256]
-
-
-def _study_mlp(run: _Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
-    import sparseprune as sp
-
-    rc = _mlp_recipe(run.quick, ds.X_train.shape[0])
-    hidden, epochs, lr = rc["hidden"], rc["epochs"], rc["learning_rate"]
-    batches = _MLP_BATCHES
-    X, y, Xt = ds.X_train, ds.y_train, ds.X_test
-
-    run.say(f"mlp: training {ds.n_features}-{'-'.join(map(str, hidden))}-{ds.n_classes} on {ds.name}")
-    dense = sp.MLPClassifier(hidden_layer_sizes=hidden, random_state=run.args.seed,
-                             max_iter=rc["max_iter"]).fit(X, y)
-    # Each model timed as a group after a pause: interleaved with the dense model, every
-    # pruned call would run while the dense model's BLAS worker threads still spin on the
-    # cores (about 0.1 s after each BLAS call), which times the neighbour, not the model.
-    settle = 0.02 if run.quick else 0.12
-    base = _baseline(run, Xt, dense.predict, batches, settle=settle)
-
-    def row(label: str, kind: str, model, target: float | None) -> dict:
-        return _mlp_row(run, ds, dense, model, label, kind, target, base, settle)
-
-    rows = [row("dense", "dense", dense, 0.0)]
-    steps = [s for s in sparsities if s > 0]
-    pruned = {}
-    for s in run.progress(steps, "mlp: gradual pruning", total=len(steps)):
-        m = copy.deepcopy(dense).gradual_prune(X, y, sparsity=s, epochs=epochs, scope="global", learning_rate=lr)
-        pruned[s] = m
-        rows.append(row(f"{100 * s:g}% pruned", "weight_pruning", m, s))
-    rows += _quantized_rows(run, pruned, rc, X, y, row)
-
-    frac, s_comb = rc["eliminate_fraction"], rc["combined_sparsity"]
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(_Bar(run, "mlp: neuron elimination", 3))
-        # Exact: constant (dead) neurons folded into the next bias; predictions unchanged on X.
-        dead = copy.deepcopy(dense).eliminate_neurons(X)
-        rows.append(row("dense - dead neurons", "neuron_elimination", dead, None))
-        bar.update()
-        elim = copy.deepcopy(dense).eliminate_neurons(X, criterion=rc["eliminate_criterion"], fraction=frac)
-        elim.fine_tune(X, y, epochs=rc["fine_tune_epochs"])
-        rows.append(row(f"dense -{100 * frac:g}% neurons", "neuron_elimination", elim, None))
-        bar.update()
-        both = copy.deepcopy(elim).gradual_prune(X, y, sparsity=s_comb, epochs=epochs, scope="global",
-                                                 learning_rate=lr)
-        rows.append(row(f"-{100 * frac:g}% neurons, {100 * s_comb:g}% pruned", "neuron_elimination", both, s_comb))
-        bar.update()
-
-    return {
-        "title": f"MLP on {ds.name}",
-        "dataset": ds.name,
-        "architecture": "-".join(map(str, [ds.n_features, *hidden, ds.n_classes])),
-        "batches": batches,
-        "latency_meaning": "dense = the trained dense MLP's predict (timed once per batch size); pruned = "
-                           "this model's predict (its plan measures dense and sparse per layer on its first "
-                           "calls); each timed as a group after a pause",
-        "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in rc.items()},
-        "rows": rows,
-    }
-
-
 # --------------------------------------------------------------- tree study
 _TREE_COLUMNS = [
     ("model", lambda r: r["label"], str),
@@ -614,134 +304,6 @@ _TREE_COLUMNS = [
     ("cmp/sample", lambda r: r["flops_per_sample"], lambda v: f"{v:.1f}"),
     ("accuracy", lambda r: r["accuracy"], lambda v: f"{100 * v:.2f}%"),
 ]
-
-
-def _trees_of(est) -> list:
-    return list(getattr(est, "estimators_", [est]))
-
-
-def _tree_stats(est, X_test: np.ndarray, y_test: np.ndarray, nodes0: int) -> dict:
-    trees = _trees_of(est)
-    nodes = sum(int(t.tree_.node_count) for t in trees)
-    leaves = sum(int(t.get_n_leaves()) for t in trees)
-    depth = max(int(t.get_depth()) for t in trees)
-    # sklearn's own storage: the node records plus the value array.
-    nbytes = sum(t.tree_.__getstate__()["nodes"].nbytes + t.tree_.value.nbytes for t in trees)
-    path = est.decision_path(X_test)
-    indicator = path[0] if isinstance(path, tuple) else path
-    # Nodes on the decision paths minus one leaf per tree = comparisons per sample.
-    comparisons = indicator.nnz / X_test.shape[0] - len(trees)
-    return {
-        "sparsity": 1.0 - nodes / nodes0,
-        "params_kept": nodes,
-        "nodes": nodes,
-        "leaves": leaves,
-        "depth": depth,
-        "bytes": nbytes,
-        "flops_per_sample": comparisons,
-        "accuracy": float(np.mean(est.predict(X_test) == y_test)),
-    }
-
-
-def _split_gains(est) -> np.ndarray:
-    """Weighted impurity decrease of every split (``_tree_prune.split_gains``), pooled over the trees."""
-    from sparseprune._tree_prune import split_gains
-
-    gains = []
-    for t in _trees_of(est):
-        g = split_gains(t)
-        gains.append(g[t.tree_.children_left != -1])
-    return np.concatenate(gains) if gains else np.zeros(0)
-
-
-def _pruning_curves(est, X_test: np.ndarray, y_test: np.ndarray, n_points: int) -> dict[str, list]:
-    """Accuracy vs nodes for info_gain and cost_complexity post-pruning (``sparseprune.pruning_curve``)."""
-    from sparseprune.tree import pruning_curve
-
-    pc = pruning_curve(est, X_test, y_test, n_points=n_points).to_dict()
-    return {name: [{"param": p, "nodes": n, "accuracy": a}
-                   for p, n, a in zip(pc[name]["param"], pc[name]["n_nodes"], pc[name]["score"])]
-            for name in ("info_gain", "cost_complexity")}
-
-
-def _study_trees(run: _Run, ds: Dataset, family: str) -> dict:
-    import sparseprune as sp
-    import sklearn.base
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.tree import DecisionTreeClassifier
-
-    seed = run.args.seed
-    X, y, Xt, yt = ds.X_train, ds.y_train, ds.X_test, ds.y_test
-    n_trees = 10 if run.quick else 50
-    if family == "forest":
-        # n_jobs = the thread count our kernels get, so the comparison is fair.
-        n_jobs = run.threads or sp.get_num_threads()
-        est = RandomForestClassifier(n_estimators=n_trees, random_state=seed, n_jobs=n_jobs).fit(X, y)
-        title = f"random forest ({n_trees} trees) on {ds.name}"
-    else:
-        n_jobs = 1
-        est = DecisionTreeClassifier(random_state=seed).fit(X, y)
-        title = f"decision tree on {ds.name}"
-    run.say(f"{family}: fitted {title}")
-    nodes0 = sum(int(t.tree_.node_count) for t in _trees_of(est))
-    batches = [1, 256]
-    notes = []
-
-    def engine(model) -> Callable:
-        return sp.compile_tree(model).predict
-
-    variants = None
-    if family == "forest" and n_jobs != 1:
-        # joblib dispatch dominates small batches; a fair baseline is sklearn's best setting.
-        est_1 = copy.deepcopy(est).set_params(n_jobs=1)
-        variants = {"dense_n_jobs_1": est_1.predict}
-
-    base = _baseline(run, Xt, est.predict, batches, variants)
-
-    def row(label: str, kind: str, param: float | None, model) -> dict:
-        r = {"label": label, "kind": kind, "param": param}
-        r.update(_tree_stats(model, Xt, yt, nodes0))
-        extra = {"pruned_sklearn": model.predict}
-        r["latency"] = _latency(run, Xt, base, engine(model), batches, extra)
-        r["pruned_engine"] = "sparseprune.compile_tree"
-        return r
-
-    # Thresholds from the fitted model's own split gains and scikit-learn's ccp path, so the
-    # sweep spans light to heavy pruning on any dataset.
-    gains = _split_gains(est)
-    single = est if family == "tree" else DecisionTreeClassifier(random_state=seed).fit(X, y)
-    alphas = single.cost_complexity_pruning_path(X, y).ccp_alphas
-    table_q = (0.5, 0.9) if run.quick else (0.5, 0.8, 0.9, 0.95)
-    taus = np.unique(np.quantile(gains, table_q)) if gains.size else np.zeros(0)
-    table_alphas = np.unique(np.quantile(alphas, table_q)) if alphas.size else np.zeros(0)
-
-    rows = [row("unpruned", "unpruned", None, est)]
-    curves: dict[str, list] = {}
-    for tau in run.progress(taus, f"{family}: info_gain"):
-        p = sp.prune_tree(est, method="info_gain", threshold=float(tau))
-        rows.append(row(f"info_gain τ={tau:.2g}", "info_gain", float(tau), p))
-    for a in run.progress(table_alphas, f"{family}: cost_complexity"):
-        p = sp.prune_tree(est, method="cost_complexity", alpha=float(a))
-        rows.append(row(f"cost_complexity α={a:.2g}", "cost_complexity", float(a), p))
-    curves.update(_pruning_curves(est, Xt, yt, 8 if run.quick else 25))
-    if not curves.get("cost_complexity"):
-        curves["cost_complexity"] = [{"param": r["param"], "nodes": r["nodes"], "accuracy": r["accuracy"]}
-                                     for r in rows if r["kind"] == "cost_complexity"]
-    # scikit-learn's own answer: refit with ccp_alpha along its pruning path (for the forest,
-    # the path of one tree fitted on the same data, and fewer points: each is a forest refit).
-    n_pick = (8 if run.quick else 25) if family == "tree" else (3 if run.quick else 8)
-    pick = np.unique(np.quantile(alphas, np.linspace(0.0, 0.995, n_pick)))
-    curves["ccp_path"] = []
-    for a in run.progress(pick, f"{family}: sklearn ccp path"):
-        m = sklearn.base.clone(est).set_params(ccp_alpha=float(a)).fit(X, y)
-        nodes = (int(m.tree_.node_count) if family == "tree"
-                 else int(sum(t.tree_.node_count for t in m.estimators_)))
-        curves["ccp_path"].append({"param": float(a), "nodes": nodes, "accuracy": float(m.score(Xt, yt))})
-    return {"title": title, "family": family, "dataset": ds.name, "batches": batches,
-            "latency_meaning": "dense = scikit-learn predict of the unpruned model (timed once per batch size)"
-                               + (f" (faster of n_jobs={n_jobs} and n_jobs=1)" if variants else "")
-                               + "; pruned = the pruned model through sparseprune.compile_tree",
-            "rows": rows, "curves": curves, "notes": notes}
 
 
 # ---------------------------------------------------------------- demo
@@ -760,7 +322,7 @@ def _load(args: argparse.Namespace) -> Dataset:
         raise DataError(str(exc).replace("\n", " ")) from None
 
 
-def _print_section(run: _Run, sec: dict, columns: list) -> None:
+def _print_section(run: common.Run, sec: dict, columns: list) -> None:
     if sec["status"] != "ok":
         run.show(f"\n{sec.get('what', sec.get('title', ''))}: {sec['status'].upper()}: {sec['reason']}")
         return
@@ -788,9 +350,9 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     doc["settings"].update({"dataset": ds.name, "sparsities": sparsities, "sections": args.sections})
     doc["dataset"] = ds.describe()
     studies = {
-        "mlp": (lambda: _study_mlp(run, ds, sparsities), _MLP_COLUMNS),
-        "tree": (lambda: _study_trees(run, ds, "tree"), _TREE_COLUMNS),
-        "forest": (lambda: _study_trees(run, ds, "forest"), _TREE_COLUMNS),
+        "mlp": (lambda: mlp_study.study(run, ds, sparsities), _MLP_COLUMNS),
+        "tree": (lambda: tree_study.study(run, ds, "tree"), _TREE_COLUMNS),
+        "forest": (lambda: tree_study.study(run, ds, "forest"), _TREE_COLUMNS),
     }
     from sklearn.exceptions import ConvergenceWarning
 
@@ -798,7 +360,7 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_dask_client(run, args.scheduler))
         if client is not None:
-            from sparseprune import _dask_study as st
+            from sparseprune.studies import dask as st
 
             doc["settings"]["scheduler"] = args.scheduler
             studies = {
@@ -831,7 +393,7 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 @contextlib.contextmanager
-def _dask_client(run: _Run, address: str | None):
+def _dask_client(run: common.Run, address: str | None):
     """A distributed client for ``--scheduler`` (None without it); closed, and a 'local' cluster stopped, on exit.
 
     An address that cannot be reached, or a missing dask extra, is a usage
@@ -858,7 +420,7 @@ def _dask_client(run: _Run, address: str | None):
         client.close()
 
 
-def _demo_plots(run: _Run, sections: dict) -> tuple[list[str], list[str]]:
+def _demo_plots(run: common.Run, sections: dict) -> tuple[list[str], list[str]]:
     jobs = []
     mlp = sections.get("mlp")
     if mlp and mlp["status"] == "ok":
@@ -874,145 +436,9 @@ def _demo_plots(run: _Run, sections: dict) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------- bench
-def _random_csr(rng: np.random.Generator, n: int, density: float, dtype=np.float32, n_in: int | None = None):
-    """An n x n_in (default n x n) CSR with exactly round(density * n * n_in) nonzeros at random positions."""
-    import scipy.sparse as sps
-
-    n_in = n if n_in is None else n_in
-    nnz = max(1, int(round(density * n * n_in)))
-    flat = rng.choice(n * n_in, size=nnz, replace=False)
-    rows, cols = np.divmod(flat, n_in)
-    vals = rng.standard_normal(nnz).astype(dtype)
-    W = sps.csr_array((vals, (rows, cols)), shape=(n, n_in))
-    W.sum_duplicates()
-    return W
 
 
-def _crossover(densities: Sequence[float], speedups: Sequence[float]) -> dict:
-    """Density where sparse stops beating dense (speedup crosses 1), interpolated between sweep points."""
-    pts = sorted(zip(densities, speedups))
-    if all(s >= 1 for _, s in pts):
-        return {"density": None, "bound": "above", "text": f"> {100 * pts[-1][0]:g}% (faster at every density)"}
-    if all(s < 1 for _, s in pts):
-        return {"density": None, "bound": "below", "text": f"< {100 * pts[0][0]:g}% (slower at every density)"}
-    for (d0, s0), (d1, s1) in zip(pts, pts[1:]):
-        if s0 >= 1 > s1:
-            d = d0 + (s0 - 1) / (s0 - s1) * (d1 - d0)
-            return {"density": d, "bound": "interpolated", "text": f"{100 * d:.1f}%"}
-    last = max(d for d, s in pts if s >= 1)
-    return {"density": last, "bound": "last_faster", "text": f"{100 * last:g}% (not monotone)"}
-
-
-def _bench_linear(run: _Run, n: int, densities: Sequence[float], batches: Sequence[int]) -> dict:
-    import sparseprune as sp
-
-    # SparseLinear holds the weights prepared once, as an MLP layer does, so the sparse
-    # kernel (method="sparse") and the dispatcher (method="auto") are timed separately;
-    # the crossover density is the kernel's.
-    rng = np.random.default_rng(run.args.seed)
-    rows = []
-    for d in run.progress(densities, "bench: linear densities"):
-        W_csr = _random_csr(rng, n, d)
-        layer = sp.SparseLinear(W_csr)
-        # The baseline multiplies the layer's own dense copy, the very array the
-        # dispatcher's dense path uses: two separately allocated 64 MiB copies
-        # can differ by several percent in BLAS speed (page placement).
-        W_dense = layer._dense()
-        for b in batches:
-            X = rng.standard_normal((b, n)).astype(np.float32)
-            # scipy's product as the issue and bench_spmm.py define it, W_csr @ X.T: scipy
-            # copies the transposed view to C order itself (part of its cost, as our
-            # packing is part of ours).
-            fns = {"dense": lambda: X @ W_dense.T, "scipy": lambda: W_csr @ X.T,
-                   "ours": lambda: layer(X, method="sparse"), "auto": lambda: layer(X),
-                   "linear": lambda: sp.linear(X, W_csr)}
-            t = run.time(fns)
-            r = {"density": d, "batch": b, "timings": t,
-                 "speedup_vs_dense": t["dense"]["median_s"] / t["ours"]["median_s"],
-                 "speedup_vs_scipy": t["scipy"]["median_s"] / t["ours"]["median_s"],
-                 "linear_vs_scipy": t["scipy"]["median_s"] / t["linear"]["median_s"]}
-            r["auto_vs_dense"] = t["dense"]["median_s"] / t["auto"]["median_s"]
-            r["auto_path"] = layer.explain(b).path
-            rows.append(r)
-
-    crossover = {}
-    for b in batches:
-        sub = [r for r in rows if r["batch"] == b]
-        crossover[str(b)] = _crossover([r["density"] for r in sub], [r["speedup_vs_dense"] for r in sub])
-    ours = ("SparseLinear(W_csr)(X, method='sparse') (the sparse kernel); auto = SparseLinear(W_csr)(X) "
-            "(the dispatcher); linear = sparseprune.linear(X, W_csr) (one-off call)")
-    return {"title": f"sparse linear layer, {n}x{n} float32 weights", "shape": [n, n], "dtype": "float32",
-            "ours": ours, "baselines": {"scipy": "W_csr @ X.T (scipy, one thread)",
-                                        "dense": "X @ W_dense.T (numpy BLAS)"},
-            "rows": rows, "crossover_density": crossover}
-
-
-def _bench_dispatch(run: _Run, n_points: int, max_dim: int) -> dict:
-    """The measuring dispatcher on random layer shapes: auto against dense BLAS and the sparse kernel.
-
-    Seeded random points: out and in log-uniform in [32, max_dim], density
-    log-uniform in [0.5%, 60%], batch log-uniform in [1, 512] (batches whose
-    dense product would exceed 4 GFLOP are shrunk, to keep the sweep short).
-    The dispatcher is first given the calls it needs to settle, as a serving
-    layer would on its first calls; then dense, sparse and auto are each
-    timed as a group after a pause.
-    """
-    import sparseprune as sp
-
-    rng = np.random.default_rng(run.args.seed + 17)
-    rows = []
-    for _ in run.progress(range(n_points), "bench: dispatcher sweep"):
-        n_out, n_in = (int(round(math.exp(rng.uniform(math.log(32), math.log(max_dim))))) for _ in range(2))
-        density = float(math.exp(rng.uniform(math.log(0.005), math.log(0.6))))
-        batch = int(round(math.exp(rng.uniform(0, math.log(512)))))
-        batch = max(1, min(batch, int(2e9 // (n_out * n_in))))
-        W_csr = _random_csr(rng, n_out, density, n_in=n_in)
-        layer = sp.SparseLinear(W_csr)
-        W_dense = layer._dense()
-        X = rng.standard_normal((batch, n_in)).astype(np.float32)
-        for _ in range(40):  # the dispatcher's own measuring, on the layer's first calls
-            layer(X)
-            if layer._choice_for(sp.spmm.bucket_of(batch), sp.get_num_threads()).chosen is not None:
-                break
-        t = run.time({"dense": lambda: X @ W_dense.T, "sparse": lambda: layer(X, method="sparse"),
-                      "auto": lambda: layer(X)})
-        td, ts, ta = (t[k]["median_s"] for k in ("dense", "sparse", "auto"))
-        rows.append({"shape": [n_out, n_in], "density": W_csr.nnz / (n_out * n_in), "batch": batch, "timings": t,
-                     "auto_vs_dense": td / ta, "auto_vs_best": min(td, ts) / ta, "path": layer.explain(X).path,
-                     "faster": "dense" if td <= ts else "sparse"})
-    within = sum(r["auto_vs_best"] >= 1 / 1.1 for r in rows)
-    summary = {"points": len(rows), "within_10pct_of_best": within,
-               "share_within_10pct": within / max(1, len(rows)),
-               "min_auto_vs_dense": min((r["auto_vs_dense"] for r in rows), default=None),
-               "points_below_0.9x_dense": sum(r["auto_vs_dense"] < 0.9 for r in rows)}
-    return {"title": f"dispatcher on {n_points} random layers (float32)", "rows": rows, "summary": summary,
-            "ours": "SparseLinear(W_csr)(X) after its first calls (the measuring dispatcher)",
-            "baselines": {"dense": "X @ W_dense.T (numpy BLAS)", "sparse": "SparseLinear(W_csr)(X, method='sparse')"}}
-
-
-def _bench_mask(run: _Run, n: int, densities: Sequence[float]) -> dict:
-    import scipy.sparse as sps
-
-    import sparseprune as sp
-
-    rng = np.random.default_rng(run.args.seed)
-    W = rng.standard_normal((n, n)).astype(np.float32)
-    absW = np.abs(W).ravel()
-    rows = []
-    for d in run.progress(densities, "bench: masking"):
-        t_cut = float(np.quantile(absW, 1.0 - d)) if d < 1 else 0.0
-        t = run.time({
-            "ours": lambda: sp.threshold_mask(W, t_cut),
-            "baseline": lambda: sps.csr_array(np.where(np.abs(W) < t_cut, 0, W)),
-        })
-        rows.append({"density": d, "threshold": t_cut, "timings": t,
-                     "speedup": t["baseline"]["median_s"] / t["ours"]["median_s"]})
-    return {"title": f"threshold_mask, {n}x{n} float32", "shape": [n, n], "dtype": "float32",
-            "ours": "sparseprune.threshold_mask(W, t)",
-            "baselines": {"baseline": "scipy.sparse.csr_array(np.where(np.abs(W) < t, 0, W))"}, "rows": rows}
-
-
-def _print_bench(run: _Run, results: dict) -> None:
+def _print_bench(run: common.Run, results: dict) -> None:
     lin = results.get("linear")
     if lin is not None and lin["status"] == "ok":
         cols = [
@@ -1070,104 +496,7 @@ def _print_bench(run: _Run, results: dict) -> None:
              f"{run.settle:g} s pause, two passes in opposite order), warm-up excluded; spread in bench.json")
 
 
-def _bench_model(run: _Run, path: str, read: tuple, batches: Sequence[int]) -> dict:
-    """An ONNX model as the user exported it: onnxruntime, bare numpy and sparseprune, same threads.
-
-    ``read`` is what ``sparseprune.onnx._read`` found in the file (read once, by :func:`_check_model_file`).
-    """
-    from sparseprune.onnx import _model_from
-
-    _, info, n_features = read
-    model = _model_from(*read)
-    classifier = hasattr(model, "classes_")
-    serve = model.predict_proba if classifier else model.predict
-    if info.head == "log_softmax":
-        serve = model.predict_log_proba
-    Ws = [layer.dense_weight() for layer in model.layers_]
-    bs = [layer.bias for layer in model.layers_]
-    hidden = model.activation
-    head = "logistic2" if getattr(model, "out_activation_", "") == "logistic" else info.head
-
-    def bare(X):
-        H = X
-        for i, (W, b) in enumerate(zip(Ws, bs)):
-            H = H @ W.T + b
-            if i < len(Ws) - 1:
-                H = _ACT_NUMPY[hidden](H)
-        return _HEAD_NUMPY[head](H)
-
-    fns = {"numpy dense": bare, "sparseprune": serve}
-    ort_note = None
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        ort_note = "onnxruntime is not installed: pip install onnxruntime to compare with it"
-    else:
-        so = ort.SessionOptions()
-        n_thr = run.threads or get_num_threads()
-        so.intra_op_num_threads, so.inter_op_num_threads = n_thr, 1
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        want = info.output_names.get("scores")
-        dims = [d if isinstance(d, int) else -1 for d in (inp.shape or [])]
-
-        def on_ort(X):
-            Xo = X.reshape([X.shape[0], *dims[1:]]) if len(dims) > 2 else X
-            return sess.run([want] if want else None, {inp.name: Xo})[0]
-
-        fns = {"onnxruntime": on_ort, **fns}
-    rng = np.random.default_rng(run.args.seed)
-    dtype = model.layers_[0].bias.dtype
-    X = rng.standard_normal((max(batches), n_features)).astype(dtype)
-    rows = []
-    with _Bar(run, "model", len(batches)) as bar:
-        for b in batches:
-            Xb = np.ascontiguousarray(X[:b])
-            check = {k: np.asarray(f(Xb), dtype=np.float64) for k, f in fns.items()}
-            ref = check["sparseprune"]
-            t = _time_fns(run, {k: (lambda f=f: f(Xb)) for k, f in fns.items()}, run.settle)
-            row = {"batch": b, "timings": t, "ran": _plan_ran(model, b),
-                   "max_abs_diff": {k: _max_diff(v, ref) for k, v in check.items() if k != "sparseprune"}}
-            for k in fns:
-                if k != "sparseprune":
-                    row[f"speedup_vs_{k.split()[0]}"] = t[k]["median_s"] / t["sparseprune"]["median_s"]
-            rows.append(row)
-            bar.update()
-    report = model.sparsity_report(batch_size=max(batches))
-    fused1, paths1 = _plan_paths(model, min(batches))
-    fusedn, pathsn = _plan_paths(model, max(batches))
-    layer_rows = [dict(r, path_small=p1, path_large=pn) for r, p1, pn in zip(report[:-1], paths1, pathsn)]
-    return {"title": f"{path}: {info.producer or 'unknown producer'}, opset {info.opset}, "
-                     f"{type(model).__name__} ({' -> '.join(str(n) for n in [n_features] + [r['shape'][0] for r in report[:-1]])}), "
-                     f"{100 * (1 - report[-1]['density']):.1f}% zeros",
-            "rows": rows, "layers": layer_rows, "onnxruntime": ort_note, "batches": list(batches),
-            "head": info.head, "what": "model"}
-
-
-def _max_diff(got: np.ndarray, ref: np.ndarray) -> float:
-    """Largest |got - ref|; a one-column sigmoid output is compared with the positive-class column."""
-    got = got.reshape(ref.shape[0], -1)
-    ref = ref.reshape(ref.shape[0], -1)
-    if got.shape != ref.shape and got.shape[1] == 1:
-        ref = ref[:, -1:]
-    return float(np.max(np.abs(got - ref)))
-
-
-_ACT_NUMPY = {"relu": lambda H: np.maximum(H, 0), "tanh": np.tanh, "logistic": lambda H: 1 / (1 + np.exp(-H)),
-              "identity": lambda H: H}
-
-
-def _softmax_numpy(H):
-    E = np.exp(H - H.max(axis=1, keepdims=True))
-    return E / E.sum(axis=1, keepdims=True)
-
-
-# The graph's head on the last layer's outputs, as sparseprune serves it (see _bench_model).
-_HEAD_NUMPY = {"none": lambda H: H, "softmax": _softmax_numpy, "log_softmax": lambda H: np.log(_softmax_numpy(H)),
-               "logistic2": lambda H: np.hstack([1 - (p := 1 / (1 + np.exp(-H))), p])}
-
-
-def _print_model(run: _Run, sec: dict) -> None:
+def _print_model(run: common.Run, sec: dict) -> None:
     if sec["status"] != "ok":
         run.show(f"\nmodel: {sec['status'].upper()}: {sec['reason']}")
         return
@@ -1190,13 +519,6 @@ def _print_model(run: _Run, sec: dict) -> None:
     if sec["onnxruntime"]:
         run.show(f"   {sec['onnxruntime']}")
     run.show("   ran: S = a sparse layer, D = dense; '1 call' = all layers in one compiled call")
-
-
-def _bench_defaults(quick: bool, size: int | None, densities, batches) -> tuple[int, list, list]:
-    """The linear sweep's size, densities and batches (``--size``, ``--densities``, ``--batches`` or defaults)."""
-    return (size or (512 if quick else 4096),
-            list(densities or ([0.05, 0.3] if quick else [0.01, 0.05, 0.1, 0.2, 0.3, 0.5])),
-            list(batches or ([1, 64] if quick else [1, 16, 64, 256])))
 
 
 def _check_model_file(path: str) -> tuple:
@@ -1222,7 +544,7 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.scheduler is not None:
         if args.model is not None:
             raise UsageError("--model and --scheduler do not combine: time a model on one machine")
-        from sparseprune import _dask_study as st
+        from sparseprune.studies import dask as st
 
         with _dask_client(run, args.scheduler) as client:
             fleet = st.bench_fleet(client, quick=args.quick, size=args.size, densities=args.densities,
@@ -1244,21 +566,21 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         doc["settings"].update({"model": str(args.model), "batches": batches})
         with thread_limit(run.threads):
             read = _check_model_file(args.model)
-            results["model"] = _section("model", lambda: _bench_model(run, args.model, read, batches), run)
+            results["model"] = _section("model", lambda: bench.onnx_model(run, args.model, read, batches), run)
     else:
-        n, densities, batches = _bench_defaults(args.quick, args.size, args.densities, args.batches)
+        n, densities, batches = bench.defaults(args.quick, args.size, args.densities, args.batches)
         mask_densities = args.mask_densities or ([0.1, 0.5] if args.quick else [0.01, 0.1, 0.3, 0.5])
         doc["settings"].update({"size": n, "densities": densities, "batches": batches,
                                 "mask_densities": mask_densities, "kernels": args.kernels})
         with thread_limit(run.threads):
             if "linear" in args.kernels:
-                results["linear"] = _section("linear", lambda: _bench_linear(run, n, densities, batches), run)
+                results["linear"] = _section("linear", lambda: bench.linear(run, n, densities, batches), run)
             if "mask" in args.kernels:
-                results["mask"] = _section("mask", lambda: _bench_mask(run, n, mask_densities), run)
+                results["mask"] = _section("mask", lambda: bench.mask(run, n, mask_densities), run)
             if "dispatch" in args.kernels:
                 n_points = 6 if args.quick else 40
                 results["dispatch"] = _section(
-                    "dispatch", lambda: _bench_dispatch(run, n_points, 512 if args.quick else 8192), run)
+                    "dispatch", lambda: bench.dispatch(run, n_points, 512 if args.quick else 8192), run)
     doc["sections"] = results
     doc["machine"] = machine_info()
     doc["wall_time_s"] = time.perf_counter() - t_start

@@ -81,15 +81,17 @@ import logging
 import math
 import numbers
 import os
+import sys
 import threading
 from typing import Any, Iterator
-
-import numpy as np
 
 import dask
 import dask.array as da
 import dask.system
+import numpy as np
 from dask.base import tokenize
+
+from sparseprune.inference.spmm import SparseLinear
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -133,8 +135,6 @@ def _linear_bytes(layer) -> bytes:
 
 def _linear_from(data: bytes):
     from scipy import sparse
-
-    from sparseprune.spmm import SparseLinear
 
     a = _read_npz(data)
     meta = json.loads(str(a["meta"]))
@@ -185,7 +185,7 @@ def _tree_bytes(tree) -> bytes:
 
 
 def _tree_from(data: bytes):
-    from sparseprune._tree_compile import CompiledTree
+    from sparseprune.trees.compile import CompiledTree
 
     a = _read_npz(data)
     meta = json.loads(str(a.pop("meta")))
@@ -206,17 +206,21 @@ def _prepare(model) -> tuple[str, Any]:
     """(kind, model to send): a scikit-learn tree or forest is compiled here first."""
     name = type(model).__name__
     module = type(model).__module__
-    if module == "sparseprune.mlp" and name in ("MLPClassifier", "MLPRegressor"):
+    # isinstance against the classes, looked up only if their modules are loaded (a model of
+    # theirs cannot exist otherwise): checking needs no scikit-learn import of its own.
+    mlp = sys.modules.get("sparseprune.mlp.estimators")
+    if mlp is not None and isinstance(model, mlp._BaseMLP):
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(model)
         return "mlp", model
-    if module == "sparseprune.spmm" and name == "SparseLinear":
+    if isinstance(model, SparseLinear):
         return "linear", model
-    if module == "sparseprune._tree_compile" and name == "CompiledTree":
+    compiled = sys.modules.get("sparseprune.trees.compile")
+    if compiled is not None and isinstance(model, compiled.CompiledTree):
         return "tree", model
     if module.startswith("sklearn.tree") or module.startswith("sklearn.ensemble"):
-        from sparseprune.tree import compile_tree
+        from sparseprune.trees import compile_tree
 
         return "tree", compile_tree(model)
     raise TypeError(f"model is a {name}; pass a fitted sparseprune MLPClassifier or MLPRegressor, a "
@@ -333,7 +337,7 @@ def _limit_threads(n: int) -> Iterator[None]:
     """numba (this thread) and BLAS (process, counted across concurrent tasks) on ``n`` threads."""
     import numba
 
-    from sparseprune._threading import _blas_controllers
+    from sparseprune.inference.threads import _blas_controllers
 
     global _blas_users
     with _blas_lock:

@@ -818,7 +818,7 @@ def to_onnx(model, path=None, *, opset: int | None = None, sparse_initializers: 
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    from sparseprune.spmm import SparseLinear
+    from sparseprune.inference.spmm import SparseLinear
 
     op = _opset_for(opset)
     if isinstance(model, SparseLinear):
@@ -831,7 +831,7 @@ def to_onnx(model, path=None, *, opset: int | None = None, sparse_initializers: 
     else:
         from sklearn.utils.validation import check_is_fitted
 
-        from sparseprune.mlp import _BaseMLP
+        from sparseprune.mlp.estimators import _BaseMLP
 
         if not isinstance(model, _BaseMLP):
             raise TypeError(f"model must be a sparseprune MLPClassifier, MLPRegressor or SparseLinear. "

@@ -68,19 +68,17 @@ from typing import Mapping
 import numpy as np
 import scipy.sparse as sp
 
-from sparseprune._dispatch import Choice, bucket_of
-from sparseprune._threading import _num_threads_now, run_parallel
 from sparseprune._validation import check_float_matrix, check_int
-from sparseprune.kernels import quant as _kq
-from sparseprune.kernels import spmm as _k
-from sparseprune.spmm import (
+from sparseprune.inference.dispatch import Choice, bucket_of
+from sparseprune.inference.spmm import (
     BLOCK_ROWS_PER_CHUNK,
-    SparseLinear,
     PAD_TO,
     PARTS_PER_THREAD,
     ROWS_MAX_BATCH,
     ROWS_MAX_WORK,
     ROWS_PER_CHUNK,
+    SparseLinear,
+    _activate_inplace,
     _check_activation,
     _check_bias,
     _check_input,
@@ -91,8 +89,10 @@ from sparseprune.spmm import (
     _propagate_nonfinite,
     _scratch_array,
     _Tiled,
-    _activate_inplace,
 )
+from sparseprune.inference.threads import _num_threads_now, run_parallel
+from sparseprune.kernels import quant as _kq
+from sparseprune.kernels import spmm as _k
 
 __all__ = [
     "QuantizedCSR",
@@ -800,7 +800,7 @@ class QuantizedCSR:
         return Y
 
     def _spmm(self, X, steps, bias, act):
-        """``(Y, flags, n_bad)`` through the packed SpMM kernels (as ``sparseprune.spmm._spmm_forward``)."""
+        """``(Y, flags, n_bad)`` through the packed SpMM kernels (as ``sparseprune.inference.spmm._spmm_forward``)."""
         n_batch, n_in = X.shape
         n_out = self.shape[0]
         Y = np.empty((n_batch, n_out), self.dtype)
@@ -1180,7 +1180,7 @@ class QuantizedLinear:
 
     def explain(self, X, method: str = "auto"):
         """What a call at batch ``X`` (an int or an array) runs, and why (a :class:`sparseprune.Decision`)."""
-        from sparseprune.spmm import Decision, _batch_of
+        from sparseprune.inference.spmm import Decision, _batch_of
 
         batch = X if isinstance(X, (int, np.integer)) else _batch_of(X)
         n = _num_threads_now()

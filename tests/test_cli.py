@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from sparseprune import cli
-from sparseprune._report import atomic_write, format_table, pareto_front, write_json
+from sparseprune.studies import bench as bench_study
+from sparseprune.studies.report import atomic_write, format_table, pareto_front, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -243,7 +244,7 @@ def test_ctrl_c_leaves_no_half_written_results(tmp_path, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_study_trees", interrupted)
+    monkeypatch.setattr(cli.tree_study, "study", interrupted)
     code, _, err = run_cli("demo", "--quick", "--quiet", "--sections", "tree", "--out", str(out))
     assert code == 130
     assert "Traceback" not in err and "interrupted" in err
@@ -268,7 +269,7 @@ def test_failing_section_is_reported_not_faked(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "_study_trees", broken)
+    monkeypatch.setattr(cli.tree_study, "study", broken)
     code, out, err = run_cli("demo", "--quick", "--sections", "tree", "--out", str(tmp_path))
     assert code == 1
     doc = json.loads((tmp_path / "results.json").read_text())
@@ -299,10 +300,10 @@ def test_format_table_and_pareto():
 
 
 def test_crossover_density():
-    assert cli._crossover([0.1, 0.3, 0.5], [3.0, 1.0, 0.5])["density"] == pytest.approx(0.3)
-    assert cli._crossover([0.1, 0.2], [2.0, 0.0])["density"] == pytest.approx(0.15)
-    assert cli._crossover([0.1, 0.2], [2.0, 1.5])["bound"] == "above"
-    assert cli._crossover([0.1, 0.2], [0.5, 0.2])["bound"] == "below"
+    assert bench_study._crossover([0.1, 0.3, 0.5], [3.0, 1.0, 0.5])["density"] == pytest.approx(0.3)
+    assert bench_study._crossover([0.1, 0.2], [2.0, 0.0])["density"] == pytest.approx(0.15)
+    assert bench_study._crossover([0.1, 0.2], [2.0, 1.5])["bound"] == "above"
+    assert bench_study._crossover([0.1, 0.2], [0.5, 0.2])["bound"] == "below"
 
 
 # ------------------------------------------------------------ methodology
@@ -311,7 +312,7 @@ def test_compare_excludes_warmup_and_pins_threads():
 
     import numba
 
-    from sparseprune._measure import compare, machine_info
+    from sparseprune.studies.measure import compare, machine_info
 
     calls = {"slow_start": 0}
     seen_threads = set()

@@ -144,8 +144,10 @@ def test_regressor_and_zero_row_blocks(client, digits):
     Y, Y2 = spd.predict(reg, Xd), spd.predict(reg2, Xd)
     assert Y.dtype == np.float64 and Y.chunks == ((0, 1000, 0, 797),) and Y2.chunks[1] == (2,)
     y1, y2 = client.compute([Y, Y2], sync=True)
-    np.testing.assert_allclose(y1, reg.predict(X), rtol=1e-12)
-    np.testing.assert_allclose(y2, reg2.predict(X), rtol=1e-12)
+    # Blocks of 1000 and 797 rows against one call on all 1797: the rows may go through
+    # other kernels (or BLAS blockings), so equal to the model's float32 rounding, not bitwise.
+    np.testing.assert_allclose(y1, reg.predict(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y2, reg2.predict(X), rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="no predict_proba"):
         spd.predict_proba(reg, Xd)
 
@@ -233,7 +235,7 @@ def test_worker_killed_mid_prediction(cluster, digits):
 
 # ----------------------------------------------------------------------------- study and bench
 def test_study_on_cluster_equals_local_with_a_worker_killed(cluster, tmp_path):
-    from sparseprune import _dask_study as st
+    from sparseprune.studies import dask as st
     from sparseprune import cli
     from sparseprune.datasets import load_dataset
 
@@ -281,7 +283,7 @@ def test_study_on_cluster_equals_local_with_a_worker_killed(cluster, tmp_path):
 
 
 def test_bench_fleet(client):
-    from sparseprune import _dask_study as st
+    from sparseprune.studies import dask as st
 
     fleet = st.bench_fleet(client, quick=True, size=128, densities=[0.05, 0.5], batches=[1, 16], repeats=1,
                            progress=False)

@@ -341,19 +341,6 @@ def test_bad_input(model, digits):
         model.fine_tune(Xtr[:10], np.full(10, 42), epochs=1)
 
 
-def test_study_rows_are_consistent():
-    from sparseprune._study_mlp import digits_study
-
-    rows = digits_study(sparsities=(0.9,), hidden_layer_sizes=(64, 32), epochs=10, combined_sparsity=0.8)
-    assert [r["method"] for r in rows] == ["dense", "gradual_prune", "eliminate_dead",
-                                            "eliminate_50%+fine_tune", "eliminate+gradual_prune"]
-    for r in rows:
-        assert r["nnz"] == r["flops"] // 2 and r["params_kept"] <= r["params_total"]
-        assert 0 <= r["accuracy"] <= 1
-    assert rows[1]["sparsity"] == pytest.approx(0.9, abs=1e-3) and rows[1]["bytes_csr"] < rows[1]["bytes_dense"]
-    assert rows[3]["hidden"] == [32, 16]
-
-
 @pytest.mark.parametrize("weights", ["incoming", "outgoing"])
 def test_weight_norm_criterion_on_sparse_layers_removes_the_weakest(model, digits, weights):
     Xtr = digits[0]
@@ -374,7 +361,7 @@ def test_pruned_forward_through_consecutive_sparse_layers(model, digits, n):
     # A cheap-sparse table sends every pruned layer to the sparse kernels, one
     # after the other; the result must equal the plain numpy forward pass.
     import sparseprune
-    from sparseprune import _calibration as cal
+    from sparseprune.inference import costmodel as cal
 
     Xte = digits[1][:n]
     model.prune(sparsity=0.8, scope="layer")

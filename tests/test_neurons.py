@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import sparse
 
-from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
+from sparseprune.pruning.neurons import activation_scores, remove_neurons, weight_norm_scores
 
 DTYPES = [np.float32, np.float64]
 

@@ -1,4 +1,4 @@
-"""A model's inference plan (sparseprune.plan) and its fused kernel, against a plain-numpy forward pass."""
+"""A model's inference plan (sparseprune.inference.plan) and its fused kernel, against a plain-numpy forward pass."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 
 import sparseprune
-from sparseprune import plan as plan_mod
+from sparseprune.inference import plan as plan_mod
 from sparseprune.kernels import plan as kplan
 
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import sparseprune
 from naive import ref_linear
-from sparseprune import _calibration as cal
-from sparseprune import spmm as spmm_mod
+from sparseprune.inference import costmodel as cal
+from sparseprune.inference import spmm as spmm_mod
 
 ACTS = [None, "identity", "relu", "tanh", "logistic"]
 
@@ -577,7 +577,7 @@ def test_single_thread_blas_is_counted_and_restored():
 
     from threadpoolctl import threadpool_info
 
-    from sparseprune._threading import single_thread_blas
+    from sparseprune.inference.threads import single_thread_blas
 
     def blas_threads():
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]

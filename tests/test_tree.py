@@ -18,7 +18,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier
 
 from sparseprune import compile_tree, prune_tree, thread_limit
-from sparseprune._tree_compile import thresholds_float32
+from sparseprune.trees.compile import thresholds_float32
 
 CLASSIFIERS = [
     lambda: DecisionTreeClassifier(random_state=0),

@@ -18,7 +18,7 @@ from scipy.stats import norm
 
 import sparseprune
 from sparseprune import prune_tree, tree_report
-from sparseprune.tree import ccp_path, pruning_curve
+from sparseprune.trees import ccp_path, pruning_curve
 
 # --------------------------------------------------------------------------- references
 
@@ -286,7 +286,7 @@ def test_error_based_matches_reference(cf):
 
 def test_c45_added_errors_scalar_reference():
     for N, e in [(10.0, 0.0), (10.0, 0.5), (10.0, 1.0), (6.0, 5.8), (100.0, 7.0), (3.0, 1.0)]:
-        got = sparseprune.tree.c45_added_errors(np.array([N]), np.array([e]), 0.25)[0]
+        got = sparseprune.trees.c45_added_errors(np.array([N]), np.array([e]), 0.25)[0]
         assert got == pytest.approx(ref_add_errs(N, e, 0.25), rel=1e-12)
 
 

@@ -19,7 +19,6 @@ from numba.np.ufunc import parallel as _npp
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 
-
 def _preload_tbb() -> bool:
     """Make the pip-installed TBB loadable by numba's ``tbb`` layer; True if it was loaded.
 

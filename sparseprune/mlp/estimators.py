@@ -14,7 +14,6 @@ import numbers
 import threading
 import warnings
 import weakref
-import zipfile
 from typing import Any
 
 import numba
@@ -28,232 +27,29 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from threadpoolctl import threadpool_limits
 
-from sparseprune._validation import check_int, check_number, index_dtype
-from sparseprune.masking import global_magnitude_prune, magnitude_prune, threshold_mask
-from sparseprune.neurons import activation_scores, remove_neurons, weight_norm_scores
-from sparseprune.plan import ModelPlan
-from sparseprune.spmm import SparseLinear, linear
+from sparseprune._validation import check_choice, check_int, check_number
+from sparseprune.inference.plan import ModelPlan
+from sparseprune.mlp.layers import (
+    _ACT,
+    Layer,
+    _act_derivative,
+    _half_bias,
+    _layer_forward,
+    _masked_csr,
+    _n_rows,
+    _prune_global,
+    _prune_layer,
+    _stored_bias,
+)
+from sparseprune.mlp.optim import _SGD, _Adam, _Tie
+from sparseprune.pruning.masking import threshold_mask
+from sparseprune.pruning.neurons import (
+    activation_scores,
+    remove_neurons,
+    weight_norm_scores,
+)
 
-__all__ = ["Layer", "MLPClassifier", "MLPRegressor", "from_sklearn", "load"]
-
-# ---------------------------------------------------------------------------
-# Inference. predict / predict_proba run the model's plan (sparseprune/plan.py,
-# ``_BaseMLP.plan_``); ``_layer_forward`` is the layer-by-layer pass that
-# eliminate_neurons uses to read hidden activations.
-# ---------------------------------------------------------------------------
-def _layer_forward(layer: "Layer", X, activation, among_sparse: bool = False):
-    """``act(X @ W.T + b)`` for one layer through the dispatcher; returns ``(output, ran_sparse)``.
-
-    A CSR layer is prepared once as a ``SparseLinear`` (validation and row
-    partitioning done once, cached on the layer); a dense layer goes to
-    ``linear``, which runs BLAS for dense arrays.
-    """
-    if layer.is_sparse:
-        op = layer._prepared(activation)
-        Y = op(X, among_sparse=among_sparse)
-        return Y, op.last_path == "sparse"
-    return linear(X, layer.weight, bias=layer.bias, activation=activation), False
-
-
-def _n_rows(X) -> int:
-    shape = np.shape(X)
-    return int(shape[0]) if len(shape) == 2 else 0
-
-
-def _prune_global(weights, sparsity):
-    return global_magnitude_prune(weights, sparsity)
-
-
-def _prune_layer(W, sparsity):
-    return magnitude_prune(W, sparsity, scope="tensor")
-
-
-# ---------------------------------------------------------------------------
-# Layers and activations
-# ---------------------------------------------------------------------------
-class Layer:
-    """One fully connected layer: ``act(x @ weight.T + bias)``.
-
-    Attributes
-    ----------
-    weight : ndarray or scipy.sparse.csr_array of shape (out, in)
-    bias : ndarray of shape (out,)
-
-    Notes
-    -----
-    A CSR layer caches its prepared ``sparseprune.SparseLinear`` (which holds a
-    copy of the weights). Assigning ``weight`` or ``bias`` clears that cache;
-    modifying the arrays in place does not, so assign new arrays instead.
-    """
-
-    __slots__ = ("_weight", "_bias", "_cache", "_quant")
-
-    def __init__(self, weight, bias, quant=None) -> None:
-        self._weight = weight if quant is None else quant.dequantize()
-        self._bias = bias
-        self._cache = {}
-        self._quant = quant
-
-    @property
-    def weight(self):
-        return self._weight
-
-    @weight.setter
-    def weight(self, value) -> None:
-        self._weight = value
-        self._quant = None  # new float weights: no longer the quantized ones
-        self._cache = {}
-
-    @property
-    def quant(self):
-        """The layer's :class:`~sparseprune.quantize.QuantizedCSR` after ``model.quantize`` (else None).
-
-        ``weight`` is then its dequantized CSR (what training, reports and
-        exports read); prediction runs the quantized kernels.
-        """
-        return self._quant
-
-    @property
-    def bias(self):
-        return self._bias
-
-    @bias.setter
-    def bias(self, value) -> None:
-        self._bias = value
-        self._cache = {}
-
-    def _prepared(self, activation):
-        op = self._cache.get(activation)
-        if op is None:
-            if self._quant is not None:
-                from sparseprune.quantize import QuantizedLinear
-
-                op = QuantizedLinear(self._quant, self._bias, activation)
-            else:
-                op = SparseLinear(self._weight, self._bias, activation)
-            self._cache[activation] = op
-        return op
-
-    # The cache holds locks and per-thread partitions: never pickle or deep-copy it.
-    def __getstate__(self):
-        return {"weight": self._weight, "bias": self._bias, "quant": self._quant}
-
-    def __setstate__(self, state) -> None:
-        self._weight = state["weight"]
-        self._bias = state["bias"]
-        self._quant = state.get("quant")
-        self._cache = {}
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(out, in)."""
-        return tuple(self._weight.shape)
-
-    @property
-    def is_sparse(self) -> bool:
-        """True when the weight is stored as CSR."""
-        return sparse.issparse(self._weight)
-
-    @property
-    def nnz(self) -> int:
-        """Stored nonzero weights (nonzero entries for a dense weight)."""
-        return int(self._weight.nnz) if self.is_sparse else int(np.count_nonzero(self._weight))
-
-    def dense_weight(self) -> np.ndarray:
-        """The weight as a dense C-contiguous array (a copy for CSR)."""
-        return self._weight.toarray() if self.is_sparse else np.ascontiguousarray(self._weight)
-
-    def __repr__(self) -> str:
-        kind = "csr" if self.is_sparse else "dense"
-        if self._quant is not None:
-            kind = f"quantized {self._quant.scheme} {self._quant.bits}-bit"
-        return f"Layer(shape={self.shape}, {kind}, nnz={self.nnz})"
-
-
-def _relu(Z):
-    return np.maximum(Z, 0, out=Z)
-
-
-def _tanh(Z):
-    return np.tanh(Z, out=Z)
-
-
-def _logistic(Z):
-    # Stable sigmoid: exp of a non-positive argument only.
-    E = np.exp(-np.abs(Z))
-    return np.where(Z >= 0, 1 / (1 + E), E / (1 + E)).astype(Z.dtype, copy=False)
-
-
-def _identity(Z):
-    return Z
-
-
-def _softmax(Z):
-    Z = Z - Z.max(axis=1, keepdims=True)
-    np.exp(Z, out=Z)
-    Z /= Z.sum(axis=1, keepdims=True)
-    return Z
-
-
-_ACT = {"relu": _relu, "tanh": _tanh, "logistic": _logistic, "identity": _identity, "softmax": _softmax}
-
-
-def _act_derivative(name, A, delta):
-    """Multiply ``delta`` in place by the derivative of activation ``name`` given its output ``A``."""
-    if name == "relu":
-        delta[A <= 0] = 0
-    elif name == "tanh":
-        delta *= 1 - A * A
-    elif name == "logistic":
-        delta *= A * (1 - A)
-    return delta
-
-
-# ---------------------------------------------------------------------------
-# Optimisers (scikit-learn's update rules, with masks)
-# ---------------------------------------------------------------------------
-class _Adam:
-    def __init__(self, params, lr, beta_1, beta_2, epsilon):
-        self.lr, self.b1, self.b2, self.eps = lr, beta_1, beta_2, epsilon
-        self.m = [np.zeros_like(p) for p in params]
-        self.v = [np.zeros_like(p) for p in params]
-        self.t = 0
-
-    def step(self, params, grads):
-        self.t += 1
-        lr_t = self.lr * math.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t)
-        for p, g, m, v in zip(params, grads, self.m, self.v):
-            m *= self.b1
-            m += (1 - self.b1) * g
-            v *= self.b2
-            v += (1 - self.b2) * (g * g)
-            p -= lr_t * m / (np.sqrt(v) + self.eps)
-
-    def apply_masks(self, masks):
-        for m, v, mask in zip(self.m[::2], self.v[::2], masks):
-            if mask is not None:
-                m *= mask
-                v *= mask
-
-
-class _SGD:
-    def __init__(self, params, lr, momentum, nesterov):
-        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
-        self.vel = [np.zeros_like(p) for p in params]
-
-    def step(self, params, grads):
-        for p, g, vel in zip(params, grads, self.vel):
-            vel *= self.momentum
-            vel -= self.lr * g
-            if self.nesterov:
-                p += self.momentum * vel - self.lr * g
-            else:
-                p += vel
-
-    def apply_masks(self, masks):
-        for vel, mask in zip(self.vel[::2], masks):
-            if mask is not None:
-                vel *= mask
+__all__ = ["MLPClassifier", "MLPRegressor", "from_sklearn"]
 
 
 # ---------------------------------------------------------------------------
@@ -261,13 +57,6 @@ class _SGD:
 # ---------------------------------------------------------------------------
 def _check_sparsity(value, name="sparsity"):
     return check_number(value, name, low=0.0, high=1.0, high_inclusive=False)
-
-
-def _check_choice(value, name, choices):
-    if not isinstance(value, str) or value not in choices:
-        opts = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"The '{name}' parameter must be one of {opts}. Got {value!r} instead.")
-    return value
 
 
 def _check_hidden_sizes(value):
@@ -332,8 +121,8 @@ class _BaseMLP(BaseEstimator):
     # -- parameter validation -------------------------------------------------
     def _validate_params(self) -> None:
         _check_hidden_sizes(self.hidden_layer_sizes)
-        _check_choice(self.activation, "activation", ("relu", "tanh", "logistic", "identity"))
-        _check_choice(self.solver, "solver", ("adam", "sgd"))
+        check_choice(self.activation, "activation", ("relu", "tanh", "logistic", "identity"))
+        check_choice(self.solver, "solver", ("adam", "sgd"))
         check_number(self.alpha, "alpha", low=0.0)
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
             if isinstance(self.batch_size, str):
@@ -400,7 +189,7 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def plan_(self) -> ModelPlan:
-        """The model's inference plan (:class:`sparseprune.plan.ModelPlan`): what ``predict`` runs, and why.
+        """The model's inference plan (:class:`sparseprune.inference.plan.ModelPlan`): what ``predict`` runs, and why.
 
         Made on first use and rebuilt whenever the layers or activations change
         (``prune``, ``fine_tune``, ``eliminate_neurons``, ``set_params``,
@@ -693,7 +482,7 @@ class _BaseMLP(BaseEstimator):
         self
         """
         check_is_fitted(self)
-        _check_choice(scope, "scope", ("global", "layer"))
+        check_choice(scope, "scope", ("global", "layer"))
         if (sparsity is None) == (threshold is None):
             raise ValueError("Pass exactly one of 'sparsity' and 'threshold'.")
         dense = [layer.dense_weight() for layer in self.layers_]
@@ -818,7 +607,7 @@ class _BaseMLP(BaseEstimator):
         s_f = _check_sparsity(sparsity)
         s_i = check_number(initial_sparsity, "initial_sparsity", low=0.0, high=s_f)
         epochs = check_int(epochs, "epochs", low=1)
-        _check_choice(scope, "scope", ("global", "layer"))
+        check_choice(scope, "scope", ("global", "layer"))
         n_prune = math.ceil(2 * epochs / 3) if pruning_epochs is None else pruning_epochs
         n_prune = check_int(n_prune, "pruning_epochs", low=1, high=epochs)
         lr = self.learning_rate_init if learning_rate is None else learning_rate
@@ -854,9 +643,9 @@ class _BaseMLP(BaseEstimator):
                           fraction: float | None = None, weights: str = "outgoing", fold_mean: bool = True):
         """Physically remove hidden neurons, layer by layer, from the first hidden layer on.
 
-        Scores come from :func:`sparseprune.neurons.activation_scores` (over the
-        calibration batch) or :func:`sparseprune.neurons.weight_norm_scores`;
-        removal uses :func:`sparseprune.neurons.remove_neurons` (dense or CSR).
+        Scores come from :func:`sparseprune.pruning.neurons.activation_scores` (over the
+        calibration batch) or :func:`sparseprune.pruning.neurons.weight_norm_scores`;
+        removal uses :func:`sparseprune.pruning.neurons.remove_neurons` (dense or CSR).
         Neurons whose activation is constant on ``X_calib`` (dead ReLUs included)
         are always removed and folded exactly into the next bias. Each layer keeps
         at least one neuron. Later layers are scored on the already reduced model.
@@ -885,8 +674,8 @@ class _BaseMLP(BaseEstimator):
         self
         """
         check_is_fitted(self)
-        _check_choice(criterion, "criterion", ("apoz", "mean_abs", "max_abs", "l1", "l2"))
-        _check_choice(weights, "weights", ("outgoing", "incoming"))
+        check_choice(criterion, "criterion", ("apoz", "mean_abs", "max_abs", "l1", "l2"))
+        check_choice(weights, "weights", ("outgoing", "incoming"))
         if threshold is not None and fraction is not None:
             raise ValueError("Pass at most one of 'threshold' and 'fraction'.")
         if threshold is not None:
@@ -1005,6 +794,11 @@ class _BaseMLP(BaseEstimator):
     # -- persistence ---------------------------------------------------------------
     def save(self, path) -> None:
         """Save the fitted model to an ``.npz`` file (no pickle; load with :func:`sparseprune.load`)."""
+        np.savez(path, **self._to_arrays())
+
+    def _to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays :meth:`save` writes: ``meta`` (JSON), ``classes``, and per layer its bias and weight
+        (dense, CSR parts, or the quantized compact form). Read back by :func:`sparseprune.mlp.io.load`."""
         check_is_fitted(self)
         params = self.get_params()
         params["hidden_layer_sizes"] = list(_check_hidden_sizes(params["hidden_layer_sizes"]))
@@ -1041,7 +835,7 @@ class _BaseMLP(BaseEstimator):
                 arrays[f"w{i}_shape"] = np.array(W.shape, dtype=np.int64)
             else:
                 arrays[f"w{i}"] = np.asarray(layer.weight)
-        np.savez(path, **arrays)
+        return arrays
 
     # -- scikit-learn interop -------------------------------------------------------
     @classmethod
@@ -1145,78 +939,6 @@ class _BaseMLP(BaseEstimator):
             est._label_binarizer = LabelBinarizer().fit(self.classes_)
         return est
 
-
-def _half_bias(b: np.ndarray) -> np.ndarray:
-    """A quantized layer's bias, rounded to float16 precision (saved as float16: half the bytes).
-
-    Kept in the layer's dtype; values beyond float16's range keep full precision.
-    """
-    b = np.asarray(b)
-    h = b.astype(np.float16).astype(b.dtype)
-    return np.where(np.isfinite(h), h, b).astype(b.dtype)
-
-
-def _stored_bias(layer) -> np.ndarray:
-    """The bias as :meth:`_BaseMLP.save` writes it: float16 for a quantized layer when that is exact."""
-    b = np.asarray(layer.bias)
-    if layer.quant is not None:
-        h = b.astype(np.float16)
-        if np.array_equal(h.astype(b.dtype), b):
-            return h
-    return b
-
-
-class _Tie:
-    """A quantized layer in training: its weights are functions of a few shared values.
-
-    k-means: ``w = codebook[code]``, so dL/dcodebook[c] is the sum of dL/dw over
-    the weights with code c (Deep Compression's centroid update); linear:
-    ``w = scale[row] * code``, so dL/dscale[r] = sum over row r of code * dL/dw.
-    The optimiser steps the shared values; :meth:`write` puts them back into
-    the dense training weight.
-    """
-
-    def __init__(self, Q, dtype) -> None:
-        self.Q = Q
-        self.rows = np.repeat(np.arange(Q.shape[0]), np.diff(Q.indptr))
-        self.cols = np.asarray(Q.indices)
-        self.codes = np.asarray(Q.codes)
-        src = Q.codebook if Q.scheme == "kmeans" else Q.scales
-        self.shared = np.array(src, dtype=dtype, copy=True)
-
-    def grad(self, gW: np.ndarray) -> np.ndarray:
-        g = gW[self.rows, self.cols]
-        if self.Q.scheme == "kmeans":
-            out = np.bincount(self.codes, weights=g, minlength=self.shared.size)
-        else:
-            out = np.bincount(self.rows, weights=g * self.codes, minlength=self.shared.size)
-        return out.astype(self.shared.dtype)
-
-    def write(self, W: np.ndarray) -> None:
-        if self.Q.scheme == "kmeans":
-            W[self.rows, self.cols] = self.shared[self.codes]
-        else:
-            W[self.rows, self.cols] = self.shared[self.rows] * self.codes
-
-    def quantized(self):
-        """The layer's QuantizedCSR with the trained shared values (same codes and structure)."""
-        if self.Q.scheme == "kmeans":
-            return self.Q.with_codebook(self.shared.astype(self.Q.dtype))
-        return self.Q.with_scales(self.shared.astype(self.Q.dtype))
-
-
-def _masked_csr(W, mask):
-    """CSR of ``W`` with exactly the mask's structure (a weight trained to 0 stays stored).
-
-    Row-major ``nonzero`` order gives sorted column indices; index dtype follows
-    scipy's rule (int32 unless the size needs int64), as the masking functions do.
-    """
-    keep = mask != 0
-    rows, cols = np.nonzero(keep)
-    idx = index_dtype(rows.size, *W.shape)
-    indptr = np.zeros(W.shape[0] + 1, dtype=idx)
-    np.cumsum(np.count_nonzero(keep, axis=1), out=indptr[1:])
-    return sparse.csr_array((W[rows, cols], cols.astype(idx), indptr), shape=W.shape)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -1362,173 +1084,3 @@ def from_sklearn(est):
     return (MLPClassifier if isinstance(est, SkC) else MLPRegressor).from_sklearn(est)
 
 
-# ---------------------------------------------------------------------------
-# Loading (never unpickles)
-# ---------------------------------------------------------------------------
-def _bad(path, why):
-    return ValueError(f"{path!s} is not a valid sparseprune MLP file: {why}")
-
-
-def load(path):
-    """Load a model written by ``MLPClassifier.save`` / ``MLPRegressor.save``.
-
-    Reads with ``np.load(..., allow_pickle=False)`` only and checks every array
-    (names, dtypes, shapes, CSR structure, finiteness) before building the
-    model, so a corrupted, truncated or hand-crafted file raises ``ValueError``
-    and can never execute code.
-
-    Parameters
-    ----------
-    path : str or path-like or file-like
-
-    Returns
-    -------
-    MLPClassifier or MLPRegressor
-    """
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
-        # numpy's own message for a non-archive suggests loading with allow_pickle=True: never
-        # pass that on (unpickling an untrusted file runs code).
-        why = "not an .npz archive" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
-        raise _bad(path, f"cannot read it as a pickle-free .npz archive ({why}). Pass a file written "
-                         "by model.save().") from None
-    if "meta" not in arrays:
-        raise _bad(path, "no 'meta' entry.")
-    meta_arr = arrays["meta"]
-    if meta_arr.dtype.kind != "U" or meta_arr.shape != ():
-        raise _bad(path, "'meta' must be a 0-d unicode string.")
-    try:
-        meta = json.loads(str(meta_arr))
-    except ValueError as exc:
-        raise _bad(path, f"'meta' is not valid JSON ({exc}).") from None
-    if not isinstance(meta, dict) or meta.get("format") != "sparseprune.mlp" or meta.get("version") != 1:
-        raise _bad(path, "unknown format or version.")
-    classes = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}
-    cls = classes.get(meta.get("estimator"))
-    if cls is None:
-        raise _bad(path, f"unknown estimator {meta.get('estimator')!r}.")
-    params = meta.get("params")
-    if not isinstance(params, dict) or set(params) - set(_SK_PARAMS):
-        raise _bad(path, "'params' must be a dict of known hyperparameters.")
-    if isinstance(params.get("hidden_layer_sizes"), list):
-        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-    try:
-        model = cls(**params)
-        model._validate_params()
-        n_layers = check_int(meta.get("n_layers"), "n_layers", low=1, high=1000)
-        n_features = check_int(meta.get("n_features_in"), "n_features_in", low=1)
-        y_ndim = check_int(meta.get("y_ndim", 1), "y_ndim", low=1, high=2)
-        out_act = _check_choice(meta.get("out_activation"), "out_activation", ("softmax", "logistic", "identity"))
-    except (TypeError, ValueError) as exc:
-        raise _bad(path, str(exc)) from None
-    expected = {"meta"} | ({"classes"} if cls is MLPClassifier else set())
-    layers = []
-    prev = n_features
-    for i in range(n_layers):
-        b = arrays.get(f"b{i}")
-        quant = None
-        if f"q{i}_header" in arrays:
-            from sparseprune.quantize import QuantizedCSR
-
-            names = [k for k in arrays if k.startswith(f"q{i}_")]
-            try:
-                quant = QuantizedCSR.from_arrays(arrays, prefix=f"q{i}_")
-            except (ValueError, TypeError) as exc:
-                raise _bad(path, f"layer {i}: {exc}") from None
-            W = quant.dequantize()
-        elif f"w{i}" in arrays:
-            names = [f"w{i}"]
-            W = arrays[f"w{i}"]
-            if W.dtype not in (np.float32, np.float64) or W.ndim != 2:
-                raise _bad(path, f"w{i} must be a 2-D float32/float64 array.")
-            W = np.ascontiguousarray(W)
-        else:
-            names = [f"w{i}_data", f"w{i}_indices", f"w{i}_indptr", f"w{i}_shape"]
-            if any(k not in arrays for k in names):
-                raise _bad(path, f"layer {i} has no weight arrays.")
-            d, ind, ptr, shp = (arrays[k] for k in names)
-            if d.dtype not in (np.float32, np.float64) or d.ndim != 1:
-                raise _bad(path, f"w{i}_data must be a 1-D float array.")
-            if ind.dtype.kind != "i" or ptr.dtype.kind != "i" or ind.ndim != 1 or ptr.ndim != 1:
-                raise _bad(path, f"w{i}_indices/indptr must be 1-D integer arrays.")
-            if shp.dtype.kind != "i" or shp.shape != (2,) or (shp < 0).any():
-                raise _bad(path, f"w{i}_shape must be two non-negative ints.")
-            rows, cols = int(shp[0]), int(shp[1])
-            if (ptr.size != rows + 1 or ptr[0] != 0 or ptr[-1] != d.size or ind.size != d.size
-                    or (np.diff(ptr) < 0).any() or (ind.size and (ind.min() < 0 or ind.max() >= cols))):
-                raise _bad(path, f"layer {i} CSR structure is inconsistent.")
-            W = sparse.csr_array((d, ind, ptr), shape=(rows, cols))
-            if not W.has_sorted_indices:
-                W.sort_indices()
-            if any(np.any(np.diff(W.indices[ptr[r]:ptr[r + 1]]) == 0) for r in range(rows)):
-                raise _bad(path, f"layer {i} CSR has duplicate entries.")
-        expected.update(names + [f"b{i}"])
-        if quant is not None and b is not None and b.dtype == np.float16:
-            b = b.astype(W.dtype)  # a quantized layer's bias is saved as float16 (see _stored_bias)
-        if b is None or b.dtype != W.dtype or b.shape != (W.shape[0],):
-            raise _bad(path, f"b{i} must be a float array of shape ({W.shape[0]},) with the weight's dtype.")
-        if W.shape[1] != prev or W.shape[0] < 1:
-            raise _bad(path, f"layer {i} has shape {W.shape}; expected {prev} inputs.")
-        data = W.data if sparse.issparse(W) else W
-        if not (np.isfinite(data).all() and np.isfinite(b).all()):
-            raise _bad(path, f"layer {i} contains NaN or inf.")
-        if layers and W.dtype != layers[0].weight.dtype:
-            raise _bad(path, "all layers must share one dtype.")
-        layers.append(Layer(W, np.ascontiguousarray(b)) if quant is None
-                      else Layer(None, np.ascontiguousarray(b), quant=quant))
-        prev = W.shape[0]
-    if set(arrays) != expected:
-        raise _bad(path, f"unexpected or missing entries {sorted(set(arrays) ^ expected)}.")
-    model.layers_ = layers
-    model.n_features_in_ = n_features
-    model.n_layers_ = n_layers + 1
-    model.n_outputs_ = prev
-    model.out_activation_ = out_act
-    model.n_iter_ = int(meta.get("n_iter", 0)) if isinstance(meta.get("n_iter", 0), int) else 0
-    if cls is MLPClassifier:
-        c = arrays["classes"]
-        if c.ndim != 1 or c.dtype.kind not in "iufUb" or c.size < 2 or np.unique(c).size != c.size:
-            raise _bad(path, "'classes' must be a 1-D array of distinct numeric or string labels.")
-        want_out = 1 if c.size == 2 else c.size
-        if prev != want_out or out_act != ("logistic" if c.size == 2 else "softmax"):
-            raise _bad(path, "output layer does not match the classes.")
-        model.classes_ = c
-    else:
-        if out_act != "identity" or (y_ndim == 1 and prev != 1):
-            raise _bad(path, "a regressor needs an identity output (one unit for 1-D y).")
-        model._y_ndim = y_ndim
-    if "plan" in meta:
-        model._get_plan().load_dict(_check_plan_meta(path, meta["plan"], layers))
-    return model
-
-
-def _check_plan_meta(path, plan, layers) -> dict:
-    """The frozen plan choices of a saved model, checked entry by entry (see ``ModelPlan.to_dict``)."""
-    def keys_ok(d, paths):
-        if not isinstance(d, dict):
-            return False
-        for key, value in d.items():
-            parts = key.split(":") if isinstance(key, str) else []
-            if (len(parts) != 2 or not all(p.isdigit() and 0 < int(p) < 1 << 31 for p in parts)
-                    or value not in paths):
-                return False
-        return True
-
-    if not isinstance(plan, dict) or set(plan) != {"model", "layers"} or not keys_ok(plan["model"], ("fused", "layers")):
-        raise _bad(path, "'plan' must map 'bucket:threads' keys to 'fused' or 'layers'.")
-    per_layer = plan["layers"]
-
-    def layer_ok(i, d):
-        if not (isinstance(i, str) and i.isdigit() and int(i) < len(layers) and layers[int(i)].is_sparse):
-            return False
-        # a CSR layer chooses dense or sparse; a quantized one its codes or its float copy
-        return keys_ok(d, ("quantized", "float") if layers[int(i)].quant is not None else ("dense", "sparse"))
-
-    if not isinstance(per_layer, dict) or not all(layer_ok(i, d) for i, d in per_layer.items()):
-        raise _bad(path, "'plan' layer entries must name CSR layers and map 'bucket:threads' to 'dense' or "
-                         "'sparse' ('quantized' or 'float' for a quantized layer).")
-    return plan

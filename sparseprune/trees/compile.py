@@ -6,15 +6,15 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import is_classifier
 
-from sparseprune._threading import parallel_guard, thread_limit
-from sparseprune._tree_common import check_shape, check_tree_estimator
 from sparseprune._validation import check_int
+from sparseprune.inference.threads import parallel_guard, thread_limit
 from sparseprune.kernels.tree import (
     fill_compact,
     fill_padded,
     forest_accumulate,
     forest_accumulate_serial,
 )
+from sparseprune.trees.common import check_shape, check_tree_estimator
 
 # Rows per parallel work item: large enough that a tree's hot nodes are reused
 # across many rows, small enough to balance two to a few dozen threads.

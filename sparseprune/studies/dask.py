@@ -1,7 +1,7 @@
 """The demo's MLP study and the kernel bench as Dask tasks (``sparseprune demo/bench --scheduler``).
 
 MLP study (:func:`mlp_study`): the cells of ``sparseprune demo``'s MLP section
-(``cli._study_mlp``) for one or more seeds:
+(``studies.mlp.study``) for one or more seeds:
 
 * a task trains the dense model per seed (``train``); every cell that starts
   from it takes that task's result as input, so it is trained once;
@@ -10,8 +10,8 @@ MLP study (:func:`mlp_study`): the cells of ``sparseprune demo``'s MLP section
 * one task per row (a *cell*): the dense row, gradual pruning to each sparsity,
   dead-neuron removal, the reduced model, the reduced model pruned.
 
-Each cell builds its row exactly as the CLI does (``cli._mlp_stats``,
-``cli._latency``, ``cli._plan_ran``): the same training calls with the same
+Each cell builds its row exactly as the CLI does (``studies.mlp.mlp_stats``,
+``studies.common.latency``, ``studies.mlp.plan_ran``): the same training calls with the same
 seed, so the accuracy is the local run's. Its timings are taken on the worker
 that ran it, against the dense model timed in the same cell on the same worker
 (the CLI times the dense baseline once per table; across machines that would
@@ -24,10 +24,10 @@ complete. The dataset is scattered to all workers once; all tasks are pure, so
 a worker that dies loses nothing: Dask reruns its tasks (and recomputes lost
 models) elsewhere.
 
-Tree and forest sections (:func:`trees_study`): ``cli._study_trees`` whole, as
+Tree and forest sections (:func:`trees_study`): ``studies.trees.study`` whole, as
 one task on a worker (its sweep shares one fitted model and one baseline).
 
-Fleet bench (:func:`bench_fleet`): ``cli._bench_linear`` (the ``bench``
+Fleet bench (:func:`bench_fleet`): ``studies.bench.linear`` (the ``bench``
 command's linear sweep) once on one worker per distinct machine, one machine
 after the other, using all of that machine's usable cores; the fleet table
 gives the crossover density per batch size per machine.
@@ -47,8 +47,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from sparseprune import cli
-from sparseprune.dask import _current_worker, _limit_threads, _usable_cores, task_threads
+from sparseprune.dask import (
+    _current_worker,
+    _limit_threads,
+    _usable_cores,
+    task_threads,
+)
+from sparseprune.studies import bench, common
+from sparseprune.studies import mlp as _mlp
+from sparseprune.studies import trees as _trees
 
 __all__ = ["bench_fleet", "fleet_table", "format_fleet_table", "machine_of_worker", "mlp_study", "mlp_study_local",
            "trees_study"]
@@ -57,7 +64,7 @@ __all__ = ["bench_fleet", "fleet_table", "format_fleet_table", "machine_of_worke
 # --------------------------------------------------------------------------- machines
 def machine_of_worker() -> dict:
     """This process's machine: hostname, CPU model, usable cores, and the worker address (None locally)."""
-    from sparseprune._measure import _cpu_model
+    from sparseprune.studies.measure import _cpu_model
 
     w = _current_worker()
     m = {"hostname": socket.gethostname(), "cpu_model": _cpu_model(), "cores": _usable_cores()}
@@ -67,10 +74,10 @@ def machine_of_worker() -> dict:
 
 # --------------------------------------------------------------------------- settings
 def _worker_run(cfg: dict, seed: int, threads: int):
-    """A ``cli._Run`` for timing on this worker (quiet; output folder unused)."""
+    """A ``common.Run`` for timing on this worker (quiet; output folder unused)."""
     args = argparse.Namespace(quick=cfg["quick"], quiet=True, json=False, seed=seed, threads=threads)
     t = cfg["timing"]
-    return cli._Run(args, Path(tempfile.gettempdir()), threads, t["repeats"], t["warmup"], t["min_time"])
+    return common.Run(args, Path(tempfile.gettempdir()), threads, t["repeats"], t["warmup"], t["min_time"])
 
 
 class _Cell:
@@ -169,8 +176,8 @@ def _cell(ds, cfg: dict, seed: int, what: str, param, dense: dict, source: dict 
                 train_s += source["train_s"]
         run = _worker_run(cfg, seed, threads)
         settle = 0.02 if cfg["quick"] else 0.12
-        base = cli._baseline(run, ds.X_test, base_model.predict, cfg["batches"], settle=settle) if cfg["timed"] else None
-        r = cli._mlp_row(run, ds, base_model, model, label, kind, target, base, settle)
+        base = common.baseline(run, ds.X_test, base_model.predict, cfg["batches"], settle=settle) if cfg["timed"] else None
+        r = _mlp.mlp_row(run, ds, base_model, model, label, kind, target, base, settle)
         here = machine_of_worker()
         r.update(seed=seed, threads=threads, train_s=train_s, train_machine=train_where or here["machine_label"],
                  cell_s=time.perf_counter() - t0, **here)
@@ -219,10 +226,10 @@ def _progress(iterable: Iterable, total: int, show: bool | None, desc: str) -> I
 
 
 def _config(ds, sparsities, quick, repeats, timed, threads, host_threads) -> dict:
-    return {"quick": bool(quick), "recipe": cli._mlp_recipe(quick, ds.X_train.shape[0]),
-            "batches": list(cli._MLP_BATCHES), "timing": cli._timing_settings(quick, repeats, 0.01), "timed": bool(timed), "threads": threads,
+    return {"quick": bool(quick), "recipe": _mlp.recipe(quick, ds.X_train.shape[0]),
+            "batches": list(_mlp.BATCHES), "timing": common.timing_settings(quick, repeats, 0.01), "timed": bool(timed), "threads": threads,
             "host_threads": host_threads, "sparsities": [float(s) for s in sparsities],
-            "cli_schema": cli.SCHEMA_VERSION}
+            "cli_schema": common.SCHEMA_VERSION}
 
 
 def _section(ds, cfg: dict, rows: list[dict], seeds: Sequence[int], where: str) -> dict:
@@ -353,14 +360,14 @@ def _trees_task(ds, cfg: dict, family: str, seed: int) -> dict:
     with _Cell(cfg) as threads:
         run = _worker_run(cfg, seed, threads)
         t0 = time.perf_counter()
-        sec = cli._study_trees(run, ds, family)
+        sec = _trees.study(run, ds, family)
         sec.update(threads=threads, section_s=time.perf_counter() - t0, **machine_of_worker())
         return sec
 
 
 def trees_study(client, dataset, family: str, *, quick: bool = False, seed: int = 0,
                 repeats: int | None = None) -> dict:
-    """The demo's ``tree`` or ``forest`` section (``cli._study_trees``) as one task on a worker.
+    """The demo's ``tree`` or ``forest`` section (``studies.trees.study``) as one task on a worker.
 
     The section's pruning sweep shares one fitted model and its timings share
     one baseline, so it runs whole on one worker (its timings then all come
@@ -391,7 +398,7 @@ def trees_study(client, dataset, family: str, *, quick: bool = False, seed: int 
     from sparseprune.dask import _host_threads
 
     cfg = _config(dataset, [], quick, repeats, True, None, _host_threads(client))
-    cfg["timing"]["min_time"] = cli._timing_settings(quick, repeats, 0.01)["min_time"]
+    cfg["timing"]["min_time"] = common.timing_settings(quick, repeats, 0.01)["min_time"]
     fut = client.submit(_trees_task, dataset, cfg, family, int(seed), pure=False,
                         key=f"sparseprune-{family}-{uuid.uuid4().hex[:8]}")
     try:
@@ -402,24 +409,24 @@ def trees_study(client, dataset, family: str, *, quick: bool = False, seed: int 
 
 # --------------------------------------------------------------------------- fleet bench
 def _bench_defaults(quick: bool, size, densities, batches) -> dict:
-    """The ``bench`` command's defaults for the linear sweep (``cli._bench_defaults``)."""
-    n, d, b = cli._bench_defaults(quick, size, densities, batches)
+    """The ``bench`` command's defaults for the linear sweep (``bench.defaults``)."""
+    n, d, b = bench.defaults(quick, size, densities, batches)
     return {"size": n, "densities": d, "batches": b}
 
 
 def _bench_task(cfg: dict) -> dict:
-    """``cli._bench_linear`` on this worker with all of its machine's usable cores."""
-    from sparseprune._measure import machine_info
+    """``bench.linear`` on this worker with all of its machine's usable cores."""
+    from sparseprune.studies.measure import machine_info
 
     threads = cfg["threads"] or None
     with _limit_threads(threads or _usable_cores_capped()):
         n = threads or _usable_cores_capped()
         args = argparse.Namespace(quick=cfg["quick"], quiet=True, json=False, seed=cfg["seed"], threads=n)
         t = cfg["timing"]
-        run = cli._Run(args, Path(tempfile.gettempdir()), n, t["repeats"], t["warmup"], t["min_time"],
+        run = common.Run(args, Path(tempfile.gettempdir()), n, t["repeats"], t["warmup"], t["min_time"],
                        settle=0.02 if cfg["quick"] else 0.15)
         t0 = time.perf_counter()
-        res = cli._bench_linear(run, cfg["size"], cfg["densities"], cfg["batches"])
+        res = bench.linear(run, cfg["size"], cfg["densities"], cfg["batches"])
         wall = time.perf_counter() - t0
     return {**machine_of_worker(), "threads": n, "wall_time_s": wall, "linear": res, "machine_info": machine_info()}
 
@@ -441,7 +448,7 @@ def bench_fleet(client, *, quick: bool = False, size: int | None = None, densiti
     """The ``bench`` linear sweep on each distinct machine of the cluster, one machine at a time.
 
     Machines are told apart by (hostname, CPU model, usable cores), asked of
-    every worker; one worker per machine runs ``cli._bench_linear`` with all of
+    every worker; one worker per machine runs ``bench.linear`` with all of
     that machine's usable cores (or ``threads``) while nothing else is
     submitted, then the next machine. Settings default to the ``bench``
     command's (``quick`` as ``--quick``).
@@ -475,7 +482,7 @@ def bench_fleet(client, *, quick: bool = False, size: int | None = None, densiti
     if not isinstance(client, Client):
         raise TypeError(f"The 'client' parameter must be a distributed.Client. Got {type(client).__name__} instead.")
     cfg = {"quick": bool(quick), "seed": int(seed), "threads": threads,
-           "timing": cli._timing_settings(quick, repeats, 0.02), **_bench_defaults(quick, size, densities, batches)}
+           "timing": common.timing_settings(quick, repeats, 0.02), **_bench_defaults(quick, size, densities, batches)}
     keys = client.run(_machine_key)  # {worker address: machine key}
     machines: dict[tuple, str] = {}
     for addr in sorted(keys):
@@ -505,7 +512,7 @@ def fleet_table(machines: Sequence[dict]) -> list[dict]:
 
 def format_fleet_table(fleet: dict) -> str:
     """The fleet table as text (one line per machine, one column per batch size)."""
-    from sparseprune import _report as rp
+    from sparseprune.studies import report as rp
 
     batches = sorted({r["batch"] for r in fleet["table"]})
     by_machine: dict[str, dict] = {}

@@ -12,9 +12,20 @@ from scipy.stats import norm
 from sklearn.base import is_classifier
 from sklearn.tree._tree import Tree
 
-from sparseprune._tree_common import check_shape, check_tree_estimator, class_index, is_forest, leaf_predictions
 from sparseprune._validation import check_number
-from sparseprune.kernels.tree import ccp_prune, collapse_by_cost, collapse_where, preorder_keep
+from sparseprune.kernels.tree import (
+    ccp_prune,
+    collapse_by_cost,
+    collapse_where,
+    preorder_keep,
+)
+from sparseprune.trees.common import (
+    check_shape,
+    check_tree_estimator,
+    class_index,
+    is_forest,
+    leaf_predictions,
+)
 
 METHODS = ("info_gain", "cost_complexity", "reduced_error", "error_based", "merge_leaves")
 _PARAMS = {

@@ -26,8 +26,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from sparseprune._threading import get_num_threads, thread_limit, threading_layer
 from sparseprune._validation import check_int, check_number
+from sparseprune.inference.threads import get_num_threads, thread_limit, threading_layer
 
 __all__ = ["Timing", "compare", "machine_info"]
 

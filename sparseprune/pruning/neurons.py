@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from sparseprune._threading import parallel_guard
 from sparseprune._validation import check_float_matrix
+from sparseprune.inference.threads import parallel_guard
 from sparseprune.kernels import neurons as _k
 
 __all__ = ["activation_scores", "weight_norm_scores", "remove_neurons"]

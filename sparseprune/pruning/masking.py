@@ -14,8 +14,13 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from sparseprune._threading import parallel_guard
-from sparseprune._validation import check_float_matrix, check_int, check_number, index_dtype
+from sparseprune._validation import (
+    check_float_matrix,
+    check_int,
+    check_number,
+    index_dtype,
+)
+from sparseprune.inference.threads import parallel_guard
 from sparseprune.kernels import masking as _k
 
 __all__ = [

@@ -4,7 +4,7 @@
 transform: made once per model (and rebuilt when the model changes), it holds
 everything a forward pass needs already prepared, and per batch-size bucket
 and thread count it keeps which of two ways of running the network is faster
-here, measured on the real calls (:mod:`sparseprune._dispatch`):
+here, measured on the real calls (:mod:`sparseprune.inference.dispatch`):
 
 - ``"fused"``: the whole network in one compiled call
   (:func:`sparseprune.kernels.plan.forward_serial` / ``forward_parallel``):
@@ -30,9 +30,9 @@ import time
 
 import numpy as np
 
-from sparseprune._dispatch import Choice, bucket_of
-from sparseprune._threading import _num_threads_now, run_parallel
-from sparseprune.spmm import _activate_inplace, _forced_method
+from sparseprune.inference.dispatch import Choice, bucket_of
+from sparseprune.inference.spmm import _activate_inplace, _forced_method
+from sparseprune.inference.threads import _num_threads_now, run_parallel
 from sparseprune.kernels import plan as _kp
 from sparseprune.kernels import spmm as _ks
 

@@ -5,8 +5,8 @@ computation with the weights validated and prepared once, for layers that are
 called many times (an MLP's ``predict``). A ``SparseLinear`` measures dense
 BLAS (``numpy`` matmul) against the numba kernels in
 :mod:`sparseprune.kernels.spmm` on its own first calls, per batch-size bucket
-and thread count (:mod:`sparseprune._dispatch`), and keeps the faster; a
-cost model (:mod:`sparseprune._calibration`) only rules out hopeless
+and thread count (:mod:`sparseprune.inference.dispatch`), and keeps the faster; a
+cost model (:mod:`sparseprune.inference.costmodel`) only rules out hopeless
 candidates and decides one-off :func:`linear` calls. :func:`explain` tells
 which path a call takes and why.
 
@@ -23,7 +23,7 @@ Threads: the sparse kernels run on ``numba.get_num_threads()`` threads, the
 dense path on BLAS's; :func:`sparseprune.thread_limit` sets both at once. The
 parallel kernels are numba ``prange`` loops, on a thread-safe numba threading
 layer (TBB or OpenMP; OpenMP here), safe to enter from several Python threads
-at once (see :mod:`sparseprune._threading`; a launch costs a few
+at once (see :mod:`sparseprune.inference.threads`; a launch costs a few
 microseconds, against 100-150 us for the Python thread pool used before).
 A batch is split between the threads by blocks of 64 input rows, each thread
 packing and multiplying its own (see :func:`_forward_plan`); batches too
@@ -50,10 +50,15 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from sparseprune import _calibration as _cal
-from sparseprune._dispatch import Choice, bucket_of
-from sparseprune._threading import _num_threads_now, run_parallel, single_thread_blas, thread_limit
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
+from sparseprune.inference import costmodel as _cal
+from sparseprune.inference.dispatch import Choice, bucket_of
+from sparseprune.inference.threads import (
+    _num_threads_now,
+    run_parallel,
+    single_thread_blas,
+    thread_limit,
+)
 from sparseprune.kernels import spmm as _k
 
 __all__ = ["Decision", "SparseLinear", "calibrate", "explain", "linear", "set_calibration"]

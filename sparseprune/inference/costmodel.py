@@ -1,7 +1,7 @@
 """The cost model behind the dispatcher's first guess (:func:`sparseprune.linear`, ``SparseLinear``).
 
 The dispatcher measures dense BLAS against the sparse kernels on the real
-layer's first calls (:mod:`sparseprune._dispatch`); this table only rules out
+layer's first calls (:mod:`sparseprune.inference.dispatch`); this table only rules out
 candidates that cannot win (predicted ``HOPELESS`` times slower) and orders
 the rest. It gives, per batch size, the cost of one dense multiply-add
 (``dense_per_mac``), of one sparse nonzero (``sparse_per_nnz``) and, for
@@ -169,7 +169,7 @@ def _fixed_part(layer, X, n_threads: int, n_out: int | None = None):
     """
     import scipy.sparse as sp
 
-    from sparseprune.spmm import SparseLinear, _spmm_forward
+    from sparseprune.inference.spmm import SparseLinear, _spmm_forward
 
     shape = (layer.shape[0] if n_out is None else n_out, layer.shape[1])
     empty = SparseLinear(sp.csr_array(shape, dtype=layer.dtype))
@@ -192,7 +192,7 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
     ``CAL_ROWS``/``CAL_COLS``."""
     import scipy.sparse as sp
 
-    from sparseprune.spmm import SparseLinear
+    from sparseprune.inference.spmm import SparseLinear
 
     rows = CAL_ROWS if rows is None else rows
     cols = CAL_COLS if cols is None else cols
@@ -287,7 +287,7 @@ def get_table(n_threads: int) -> dict:
     """The cost-model table in force for ``n_threads``: injected, measured by :func:`calibrate`, or built in.
 
     Nothing is measured or read from disk here: the dispatcher measures the
-    real layers on their first calls (:mod:`sparseprune._dispatch`) and uses
+    real layers on their first calls (:mod:`sparseprune.inference.dispatch`) and uses
     this table only to rule out hopeless candidates, so a library call never
     blocks on a micro-benchmark or touches the user's home directory unasked.
     """
