@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from numbers import Integral, Real
 import threading
 import warnings
 import weakref
@@ -23,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from threadpoolctl import threadpool_limits
@@ -119,28 +121,28 @@ class _BaseMLP(BaseEstimator):
         self.nesterovs_momentum = nesterovs_momentum
 
     # -- parameter validation -------------------------------------------------
-    def _validate_params(self) -> None:
-        _check_hidden_sizes(self.hidden_layer_sizes)
-        check_choice(self.activation, "activation", ("relu", "tanh", "logistic", "identity"))
-        check_choice(self.solver, "solver", ("adam", "sgd"))
-        check_number(self.alpha, "alpha", low=0.0)
-        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
-            if isinstance(self.batch_size, str):
-                raise ValueError(f"The 'batch_size' parameter must be 'auto' or a positive int. "
-                                 f"Got {self.batch_size!r} instead.")
-            check_int(self.batch_size, "batch_size", low=1)
-        check_number(self.learning_rate_init, "learning_rate_init", low=0.0, low_inclusive=False)
-        check_int(self.max_iter, "max_iter", low=1)
-        check_number(self.tol, "tol", low=0.0)
-        check_number(self.validation_fraction, "validation_fraction", low=0.0, high=1.0,
-                     low_inclusive=False, high_inclusive=False)
-        for name in ("beta_1", "beta_2", "momentum"):
-            check_number(getattr(self, name), name, low=0.0, high=1.0, high_inclusive=False)
-        check_number(self.epsilon, "epsilon", low=0.0, low_inclusive=False)
-        check_int(self.n_iter_no_change, "n_iter_no_change", low=1)
-        for name in ("shuffle", "early_stopping", "nesterovs_momentum"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(f"The '{name}' parameter must be a bool. Got {getattr(self, name)!r} instead.")
+    # Checked by scikit-learn's BaseEstimator._validate_params (InvalidParameterError, a
+    # ValueError and a TypeError, naming the parameter); the sizes' elements in fit.
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+        "solver": [StrOptions({"adam", "sgd"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "nesterovs_momentum": ["boolean"],
+    }
 
     # -- data helpers --------------------------------------------------------
     @property
@@ -222,7 +224,7 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self)
         X, y = validate_data(self, X, y, reset=False, dtype=(np.float64, np.float32),
                              multi_output=self._loss == "squared_error", y_numeric=self._loss == "squared_error")
-        return np.ascontiguousarray(X, dtype=self._dtype), self._encode_y(y, fitting=False)
+        return np.ascontiguousarray(X, dtype=self._dtype), self._encode_y(y, fitting=False, dtype=self._dtype)
 
     # -- forward / backward --------------------------------------------------
     def _forward(self, X) -> np.ndarray:
@@ -287,7 +289,7 @@ class _BaseMLP(BaseEstimator):
 
     def _train_loop(self, X, Y, *, epochs, lr, masks, rng, stop_early, on_epoch=None, y_val=None, X_val=None,
                     ties=None):
-        Ws = [layer.dense_weight().astype(np.float32 if X.dtype == np.float32 else X.dtype, copy=True)
+        Ws = [layer.dense_weight().astype(X.dtype, copy=True)
               for layer in self.layers_]
         bs = [np.array(layer.bias, dtype=Ws[0].dtype, copy=True) for layer in self.layers_]
         masks = list(masks)
@@ -419,20 +421,22 @@ class _BaseMLP(BaseEstimator):
         self
         """
         self._validate_params()
+        _check_hidden_sizes(self.hidden_layer_sizes)
+        # As scikit-learn's MLP: float32 input trains a float32 model, anything else float64.
         X, y = validate_data(self, X, y, reset=True, dtype=(np.float64, np.float32),
                              multi_output=self._loss == "squared_error", y_numeric=self._loss == "squared_error")
         if X.shape[0] < 2:
             raise ValueError(f"{type(self).__name__} needs at least 2 samples to fit; got n_samples={X.shape[0]}.")
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        Y = self._encode_y(y, fitting=True)
+        X = np.ascontiguousarray(X)
+        Y = self._encode_y(y, fitting=True, dtype=X.dtype)
         rng = check_random_state(self.random_state)
         sizes = [X.shape[1], *_check_hidden_sizes(self.hidden_layer_sizes), Y.shape[1]]
         factor = 2.0 if self.activation == "logistic" else 6.0
         layers = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = math.sqrt(factor / (fan_in + fan_out))
-            W = rng.uniform(-bound, bound, (fan_in, fan_out)).T.astype(np.float32)
-            b = rng.uniform(-bound, bound, fan_out).astype(np.float32)
+            W = rng.uniform(-bound, bound, (fan_in, fan_out)).T.astype(X.dtype)
+            b = rng.uniform(-bound, bound, fan_out).astype(X.dtype)
             layers.append(Layer(np.ascontiguousarray(W), b))
         self.layers_ = layers
         self.n_layers_ = len(sizes)
@@ -556,7 +560,9 @@ class _BaseMLP(BaseEstimator):
         epochs : int >= 1
             Passes over the data.
         learning_rate : float > 0, optional
-            Defaults to ``learning_rate_init``.
+            Defaults to ``3 * learning_rate_init``: masked re-training after each pruning
+            step needs larger steps than the dense fit's end, and scaling the user's own
+            ``learning_rate_init`` keeps a lowered one (for stability) lowered here too.
 
         Returns
         -------
@@ -574,7 +580,7 @@ class _BaseMLP(BaseEstimator):
         self._set_layers(Ws, bs, masks, ties)
         return self
 
-    def gradual_prune(self, X, y, sparsity: float, epochs: int = 30, scope: str = "global",
+    def gradual_prune(self, X, y, sparsity: float, epochs: int = 80, scope: str = "global",
                       initial_sparsity: float = 0.0, pruning_epochs: int | None = None,
                       learning_rate: float | None = None):
         """Gradual magnitude pruning interleaved with masked training (Zhu & Gupta 2017).
@@ -591,14 +597,19 @@ class _BaseMLP(BaseEstimator):
         sparsity : float in [0, 1)
             Final sparsity ``s_f``.
         epochs : int >= 1
-            Total training epochs.
+            Total training epochs. The defaults (80 epochs, ``3 * learning_rate_init``)
+            come from a study on digits (hidden 300, 100; ``benchmarks/study_gradual_prune.py``):
+            at 95 % sparsity they lost no accuracy on average over 10 seeds (mean +0.17 pp,
+            worst -0.56 pp), where 30 epochs at ``learning_rate_init`` lost 3.0 pp.
         scope : {"global", "layer"}
         initial_sparsity : float in [0, sparsity]
             ``s_i``.
         pruning_epochs : int in [1, epochs], optional
             Epochs over which sparsity ramps; default ``ceil(2 * epochs / 3)``.
         learning_rate : float > 0, optional
-            Defaults to ``learning_rate_init``.
+            Defaults to ``3 * learning_rate_init``: masked re-training after each pruning
+            step needs larger steps than the dense fit's end, and scaling the user's own
+            ``learning_rate_init`` keeps a lowered one (for stability) lowered here too.
 
         Returns
         -------
@@ -610,7 +621,7 @@ class _BaseMLP(BaseEstimator):
         check_choice(scope, "scope", ("global", "layer"))
         n_prune = math.ceil(2 * epochs / 3) if pruning_epochs is None else pruning_epochs
         n_prune = check_int(n_prune, "pruning_epochs", low=1, high=epochs)
-        lr = self.learning_rate_init if learning_rate is None else learning_rate
+        lr = 3 * self.learning_rate_init if learning_rate is None else learning_rate
         lr = check_number(lr, "learning_rate", low=0.0, low_inclusive=False)
         X, Y = self._check_Xy_more(X, y)
         masks = self._masks()
@@ -742,7 +753,8 @@ class _BaseMLP(BaseEstimator):
             quantization, e.g. "kmeans5"), ``stored_bytes`` (every byte
             :meth:`save` writes for the layer's weights and bias: codes, indices or
             gaps, row counts, codebook or scales, headers), ``compression``
-            (dense float32 weights and bias over ``stored_bytes``), ``path``
+            (dense float32 weights and bias over ``stored_bytes``: the usual serving
+            size, whatever the model's dtype), ``path``
             ("dense" or "sparse": what the layer runs at ``batch_size`` when
             called on its own, as measured on its calls so far) and ``why``.
         """
@@ -945,7 +957,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier whose pruned layers run sparse kernels.
 
     Softmax cross-entropy (logistic output for two classes, like scikit-learn),
-    minibatch Adam or SGD in numpy (float32), prediction through
+    minibatch Adam or SGD in numpy, in the dtype of ``X`` (float32 input: a float32 model;
+    anything else: float64, as scikit-learn's MLP), prediction through
     :func:`sparseprune.linear`. Parameters follow
     :class:`sklearn.neural_network.MLPClassifier` (only ``learning_rate="constant"``).
 
@@ -982,7 +995,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     _loss = "log_loss"
 
-    def _encode_y(self, y, fitting):
+    def _encode_y(self, y, fitting, dtype):
         y = column_or_1d(y, warn=True)
         if fitting:
             check_classification_targets(y)
@@ -999,8 +1012,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if not np.array_equal(self.classes_[idx], y):
             raise ValueError(f"y contains labels not seen during fit; known classes are {self.classes_.tolist()}.")
         if self.classes_.size == 2:
-            return idx.astype(np.float32).reshape(-1, 1)
-        Y = np.zeros((y.shape[0], self.classes_.size), dtype=np.float32)
+            return idx.astype(dtype).reshape(-1, 1)
+        Y = np.zeros((y.shape[0], self.classes_.size), dtype=dtype)
         Y[np.arange(y.shape[0]), idx] = 1
         return Y
 
@@ -1050,7 +1063,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags.target_tags.single_output = True
         return tags
 
-    def _encode_y(self, y, fitting):
+    def _encode_y(self, y, fitting, dtype):
         y = np.asarray(y)
         if fitting:
             self._y_ndim = y.ndim
@@ -1060,20 +1073,20 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(f"y has {Y.shape[1]} outputs but the model was fitted with {self.layers_[-1].shape[0]}.")
         if not np.isfinite(Y).all():
             raise ValueError("Input y contains NaN or infinity.")
-        return np.ascontiguousarray(Y, dtype=np.float32)
+        return np.ascontiguousarray(Y, dtype=dtype)
 
     def _score_raw(self, H, y_val):
         from sklearn.metrics import r2_score
         return float(r2_score(y_val, H if self._y_ndim == 2 else H[:, 0]))
 
     def predict(self, X) -> np.ndarray:
-        """Predicted values, shape (n_samples,) or (n_samples, n_outputs), float64.
+        """Predicted values, shape (n_samples,) or (n_samples, n_outputs), in the model's dtype
+        (float32 for a model fitted on float32, else float64, as scikit-learn's MLP).
 
         Each layer runs through :func:`sparseprune.linear` or a cached
         :class:`sparseprune.SparseLinear` (kernels ``sparseprune.kernels.spmm``).
         """
-        # float64 like scikit-learn's regressors, whatever precision the layers run in.
-        out = np.asarray(self._serve(X), dtype=np.float64)
+        out = self._serve(X)
         return out[:, 0].copy() if getattr(self, "_y_ndim", 1) == 1 else out
 
 
