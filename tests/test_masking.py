@@ -164,6 +164,7 @@ def test_nm_matches_reference(W, nm):
     assert_canonical_equal(S, ref_nm(W, n, m), W.dtype)
 
 
+@pytest.mark.parallel
 # ---------------------------------------------------------------- larger matrices: the parallel kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("order", ["C", "F"])

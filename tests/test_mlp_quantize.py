@@ -183,6 +183,7 @@ def test_quantize_bad_arguments(pruned):
     assert all(lay.quant is None for lay in m.layers_)   # nothing changed by a refused call
 
 
+@pytest.mark.dispatcher
 def test_frozen_choices_of_a_quantized_model_save_and_load(pruned, digits, tmp_path):
     X, _ = digits
     q = copy.deepcopy(pruned).quantize(bits=4, scheme="kmeans", index_bits=5)

@@ -67,6 +67,7 @@ def test_activation_scores_match_numpy(dtype, n, k, seed):
     np.testing.assert_array_equal(got["value"][const], ref["min"][const])
 
 
+@pytest.mark.parallel
 def test_activation_scores_parallel_path_matches():
     rng = np.random.default_rng(1)
     A = relu_acts(rng, 600, 500, np.float32, dead=[0, 499])  # above the parallel threshold

@@ -91,6 +91,7 @@ def test_each_path_of_the_plan_equals_numpy(fitted, sparsity, batch):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parallel
 def test_fused_parallel_rows_equal_serial(monkeypatch):
     m, X = _fit(hidden=(40, 20))
     m.prune(sparsity=0.7, scope="layer")
@@ -166,6 +167,7 @@ def test_plan_is_rebuilt_when_the_model_changes():
     assert m.plan_.shapes == [layer.shape for layer in m.layers_]
 
 
+@pytest.mark.dispatcher
 def test_explain_measure_and_freeze(tmp_path):
     m, X = _fit(n_in=64, hidden=(300, 100), n_classes=10)
     m.prune(sparsity=0.9, scope="layer")
@@ -200,6 +202,7 @@ def test_explain_measure_and_freeze(tmp_path):
     assert zipfile.is_zipfile(path)
 
 
+@pytest.mark.parallel
 @pytest.mark.parametrize("change", ["prune", "eliminate"])
 def test_predict_while_another_thread_changes_the_model(change):
     m, X = _fit(n_in=32, hidden=(64, 32), n_classes=4)

@@ -81,6 +81,7 @@ def test_kernels_match_dequantized_reference(scheme, bits, dtype):
             np.testing.assert_allclose(Y, ref_linear(X, Wd, b, act), rtol=tol(dtype, 90), atol=tol(dtype, 90))
 
 
+@pytest.mark.parallel
 @pytest.mark.parametrize("scheme,bits", [("linear", 8), ("kmeans", 4), ("kmeans", 8)])
 @pytest.mark.parametrize("batch", [1, 2, 40, 200])
 def test_parallel_and_serial_variants_agree(scheme, bits, batch):

@@ -66,6 +66,7 @@ def test_matches_dense_reference(batch, n_in, n_out, density, dtype, activation,
                                atol=tol(dtype, n_in))
 
 
+@pytest.mark.parallel
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch", [1, 5, 16, 40, 64, 100, 150, 200, 300])
 def test_parallel_sizes_every_width(dtype, batch, monkeypatch):
@@ -91,22 +92,34 @@ def test_parallel_sizes_every_width(dtype, batch, monkeypatch):
                                    atol=tol(dtype, 257))
 
 
-@pytest.mark.parametrize("n_batch, n_threads, parallel, expected", [
-    (256, 2, True, [(0, 256, 64, 2, False)]),
-    (100, 2, True, [(0, 100, 64, 2, False)]),  # the second thread's block is partial
-    (192, 2, True, [(0, 128, 64, 2, False), (128, 192, 64, 2, True)]),
-    (300, 2, True, [(0, 256, 64, 2, False), (256, 300, 64, 2, True)]),
-    (64, 2, True, [(0, 64, 64, 2, True)]),
-    (16, 2, True, [(0, 16, 16, 2, True)]),
-    (5, 2, True, [(0, 5, 8, 2, True)]),
-    (200, 3, True, [(0, 192, 64, 3, False), (192, 200, 8, 3, True)]),
-    (80, 2, False, [(0, 64, 64, 1, False), (64, 80, 16, 1, False)]),
-    (40, 2, False, [(0, 40, 64, 1, False)]),
-    (0, 2, True, []),
-])
-def test_forward_plan_splits_batches(n_batch, n_threads, parallel, expected):
+@settings(max_examples=300, deadline=None)
+@given(n_batch=st.integers(0, 1000), n_threads=st.integers(1, 8), parallel=st.booleans())
+def test_forward_plan_splits_batches(n_batch, n_threads, parallel):
+    # The rule of the docstring, checked as properties (not a copy of the code's output):
+    # kernel calls cover the batch once, in order; in parallel, whole rounds of one 64-row
+    # block per thread, then the rest split by weight rows; serially, blocks of 64 then the
+    # rest in the narrowest width that holds it.
     plan = spmm_mod._forward_plan(n_batch, n_threads, parallel)
-    assert plan == expected
+    assert [p[0] for p in plan] == ([0] + [p[1] for p in plan[:-1]] if plan else [])
+    assert (plan[-1][1] if plan else 0) == n_batch
+
+    def narrowest(rows):
+        return min(w for w in (8, 16, 32, 64) if w >= rows)
+
+    for b0, b1, width, n_it, by_rows in plan:
+        assert b1 > b0 and width in (8, 16, 32, 64)
+        if not parallel:
+            assert n_it == 1 and not by_rows
+            assert width == (64 if (b1 - b0) % 64 == 0 else narrowest(b1 - b0))
+        elif not by_rows:
+            assert n_it == n_threads and width == 64
+            assert -(-(b1 - b0) // 64) % n_threads == 0  # every thread gets the same number of blocks
+        else:
+            assert n_it == n_threads and b1 == n_batch
+            assert -(-(b1 - b0) // 64) < n_threads or (b1 - b0) <= 64  # fewer blocks than threads
+            assert width == narrowest(min(b1 - b0, 64))
+    if parallel and n_batch:
+        assert sum(not p[4] for p in plan) <= 1 and sum(p[4] for p in plan) <= 1
 
 
 @settings(max_examples=60, deadline=None)
@@ -231,7 +244,7 @@ def test_prepared_layer_snapshots_weights():
 # ---------------------------------------------------------------- NaN / inf
 @pytest.mark.parametrize("method", ["sparse", "auto"])
 @pytest.mark.parametrize("batch", [1, 2, 20, 70, 150])
-@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("parallel", [False, pytest.param(True, marks=pytest.mark.parallel)])
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # dense BLAS on NaN, on purpose
 def test_nonfinite_inputs_propagate_like_dense(method, batch, parallel, monkeypatch):
     if parallel:  # flags from blocks and rows checked by different threads must all arrive
@@ -285,7 +298,7 @@ def test_dtype_mismatch_says_what_to_cast():
         sparseprune.linear(np.ones((3, 5)), sp.csr_array(np.ones((4, 5), np.int32)))
 
 
-@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("parallel", [False, pytest.param(True, marks=pytest.mark.parallel)])
 @pytest.mark.parametrize("dtype, index", [(np.float32, np.int32), (np.float64, np.int64)])
 def test_one_off_matrix_vector_checks_inside_the_kernel(monkeypatch, parallel, dtype, index):
     # linear(x, W_csr) at batch 1 trusts scipy's cached canonical flag and checks the
@@ -417,6 +430,7 @@ def test_cost_model_only_rules_out_hopeless_candidates():
     assert ch.candidates == ("dense",) and ch.chosen == "dense"
 
 
+@pytest.mark.dispatcher
 def test_measuring_dispatcher_settles_and_every_call_is_right():
     rng = np.random.default_rng(8)
     W = random_csr(rng, 300, 200, 0.1)
@@ -520,6 +534,7 @@ def test_interpolation_between_batches():
     assert cal.per_unit(t, "sparse_per_nnz", 512) == pytest.approx(1024e-9)
 
 
+@pytest.mark.parallel
 # ---------------------------------------------------------------- threads
 def test_eight_python_threads_same_results(monkeypatch):
     monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)  # every call launches parallel kernels
@@ -760,3 +775,30 @@ def test_kernel_variant_key_sets_apart_read_only_weights_and_bias():
         np.testing.assert_allclose(sparseprune.linear(X, W_ro, b, method="sparse"), expected, rtol=1e-4,
                                    atol=1e-4)
         assert len(fn._seen) == seen + 2
+
+
+def test_dispatch_policy_model_takes_the_cost_models_path_without_measuring(monkeypatch):
+    # The test suite runs with SPARSEPRUNE_DISPATCH=model (tests/conftest.py); here both settings.
+    rng = np.random.default_rng(11)
+    W = random_csr(rng, 300, 200, 0.1)
+    X = rng.standard_normal((16, 200)).astype(np.float32)
+    threads = sparseprune.get_num_threads()
+    for table, want in (((1e-9, 3e-8), "dense"), ((1e-9, 3e-9), "sparse")):
+        # sparse predicted 3x slower, then 3.3x faster: within HOPELESS (4x), so both are candidates
+        sparseprune.set_calibration(_table(*table))
+        try:
+            monkeypatch.setenv("SPARSEPRUNE_DISPATCH", "model")
+            layer = sparseprune.SparseLinear(W)
+            ch = layer._choice_for(16, threads)
+            assert ch.candidates == ("sparse", "dense") and ch.chosen == want and ch.state() == "cost model"
+            for _ in range(40):
+                np.testing.assert_allclose(layer(X), X @ W.toarray().T, rtol=1e-4, atol=1e-4)
+                assert layer.last_path == want
+            assert ch.measured == {} and ch.n_remeasured == 0
+            monkeypatch.setenv("SPARSEPRUNE_DISPATCH", "measure")
+            assert sparseprune.SparseLinear(W)._choice_for(16, threads).chosen is None  # measures first
+        finally:
+            sparseprune.set_calibration(None)
+    monkeypatch.setenv("SPARSEPRUNE_DISPATCH", "fastest")
+    with pytest.raises(ValueError, match="SPARSEPRUNE_DISPATCH"):
+        sparseprune.SparseLinear(W)(X)

@@ -77,7 +77,7 @@ def test_regressor_equals_sklearn(make, max_pad_depth):
         model.predict_proba(X)
 
 
-@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("n", [1, pytest.param(2, marks=pytest.mark.parallel)])
 def test_string_labels_and_threads(n):
     import numba
 

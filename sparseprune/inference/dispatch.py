@@ -31,10 +31,17 @@ How a :class:`Choice` measures, cheaply and robustly:
 Everything is in memory: nothing is written to disk unless the user saves a
 model with its frozen plan. All state changes happen under a lock, so any
 number of threads may call at once.
+
+``SPARSEPRUNE_DISPATCH=model`` turns measuring off: every choice is the cost
+model's first candidate, at once and for good (no re-measuring). Choices then
+depend on the layer and the cost table only, not on this machine's timings:
+reproducible runs, and the test suite, which covers the same paths on every
+machine. ``measure`` (the default) measures as above.
 """
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 __all__ = ["Choice", "bucket_of"]
@@ -49,6 +56,18 @@ MAX_ROUNDS = 3
 DRIFT = 2.0
 #: ... once this many calls in a row were.
 DRIFT_CALLS = 32
+
+
+POLICIES = ("measure", "model")
+
+
+def policy() -> str:
+    """The dispatch policy from ``SPARSEPRUNE_DISPATCH`` (``measure`` unless set), read when a choice is made."""
+    p = os.environ.get("SPARSEPRUNE_DISPATCH", "").strip().lower() or "measure"
+    if p not in POLICIES:
+        raise ValueError(f"SPARSEPRUNE_DISPATCH={os.environ['SPARSEPRUNE_DISPATCH']!r} is not a dispatch policy; "
+                         f"use one of {list(POLICIES)} or unset it.")
+    return p
 
 
 def bucket_of(batch: int) -> int:
@@ -66,16 +85,27 @@ class Choice:
         candidate is chosen at once, without measuring.
     reason : str
         Why these candidates (the cost model's verdict), for ``explain``.
+    chosen, frozen : a choice made already (a saved plan), and whether it may never change.
+    prior : str, optional
+        The cost model's pick, taken without measuring under ``SPARSEPRUNE_DISPATCH=model``
+        (default: the first candidate).
     """
 
     __slots__ = ("candidates", "chosen", "frozen", "reason", "_idx", "_seen", "_times", "_rounds", "_best",
-                 "_slow", "_lock", "n_remeasured")
+                 "_slow", "_lock", "n_remeasured", "_fixed")
 
-    def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False):
+    def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False,
+                 prior: str | None = None):
         self.candidates = tuple(candidates)
         self.reason = reason
         self.frozen = frozen
         self.chosen = chosen if chosen is not None else (self.candidates[0] if len(self.candidates) == 1 else None)
+        if self.chosen is None and policy() == "model":
+            self.chosen = prior if prior in self.candidates else self.candidates[0]
+            self._fixed = True
+            self.reason = (reason + "; " if reason else "") + "SPARSEPRUNE_DISPATCH=model: not measured"
+        else:
+            self._fixed = False
         self._lock = threading.Lock()
         self._seen = {c: 0 for c in self.candidates}
         self._reset()
@@ -98,7 +128,7 @@ class Choice:
         """Report that ``candidate`` took ``seconds`` for ``rows`` input rows."""
         per_row = seconds / max(rows, 1)
         if self.chosen is not None:
-            if self.frozen or len(self.candidates) == 1 or candidate != self.chosen:
+            if self.frozen or self._fixed or len(self.candidates) == 1 or candidate != self.chosen:
                 return
             if per_row > DRIFT * self._best:
                 self._slow += 1
@@ -155,6 +185,8 @@ class Choice:
             return f"measuring ({done} of {SAMPLES * self._rounds * len(self.candidates)} timed calls so far)"
         if len(self.candidates) == 1 and not self._times[self.chosen]:
             return "the only candidate"
+        if self._fixed:
+            return "cost model"
         return "frozen" if self.frozen else "measured"
 
     def describe(self) -> str:
