@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 
 from sparseprune.datasets import DATASETS, Dataset, load_dataset
 from sparseprune.inference.threads import get_num_threads, thread_limit
-from sparseprune.studies import bench, common
+from sparseprune.studies import bench as bench_study
+from sparseprune.studies import common
 from sparseprune.studies import mlp as mlp_study
 from sparseprune.studies import report as rp
 from sparseprune.studies import trees as tree_study
@@ -196,7 +197,7 @@ def _prepare_out(path: str) -> Path:
     return p
 
 
-def _check_threads(n: int | None) -> int | None:
+def _threads_arg(n: int | None) -> int | None:
     """--threads checked as ``sparseprune.thread_limit`` checks it, as a usage error."""
     from sparseprune.inference.threads import _check_threads as check
 
@@ -210,7 +211,7 @@ def _check_threads(n: int | None) -> int | None:
 
 def _make_run(args: argparse.Namespace, min_time: float) -> common.Run:
     out = _prepare_out(args.out)
-    threads = _check_threads(args.threads)
+    threads = _threads_arg(args.threads)
     t = common.timing_settings(args.quick, args.repeats, min_time)
     return common.Run(args, out, threads, t["repeats"], t["warmup"], t["min_time"])
 
@@ -334,8 +335,6 @@ def _print_section(run: common.Run, sec: dict, columns: list) -> None:
     if any("ran" in r for r in sec["rows"]):
         run.show("   ran: what each model's plan ran per layer, S = sparse kernel, Q = quantized kernel, D = dense; \"1 call\" = all "
                  "layers in one compiled call (model.plan_.explain() says why)")
-    for note in sec.get("notes", []):
-        run.show(f"   note: {note}")
 
 
 def _cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -566,21 +565,21 @@ def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         doc["settings"].update({"model": str(args.model), "batches": batches})
         with thread_limit(run.threads):
             read = _check_model_file(args.model)
-            results["model"] = _section("model", lambda: bench.onnx_model(run, args.model, read, batches), run)
+            results["model"] = _section("model", lambda: bench_study.onnx_model(run, args.model, read, batches), run)
     else:
-        n, densities, batches = bench.defaults(args.quick, args.size, args.densities, args.batches)
+        n, densities, batches = bench_study.defaults(args.quick, args.size, args.densities, args.batches)
         mask_densities = args.mask_densities or ([0.1, 0.5] if args.quick else [0.01, 0.1, 0.3, 0.5])
         doc["settings"].update({"size": n, "densities": densities, "batches": batches,
                                 "mask_densities": mask_densities, "kernels": args.kernels})
         with thread_limit(run.threads):
             if "linear" in args.kernels:
-                results["linear"] = _section("linear", lambda: bench.linear(run, n, densities, batches), run)
+                results["linear"] = _section("linear", lambda: bench_study.linear_sweep(run, n, densities, batches), run)
             if "mask" in args.kernels:
-                results["mask"] = _section("mask", lambda: bench.mask(run, n, mask_densities), run)
+                results["mask"] = _section("mask", lambda: bench_study.mask_sweep(run, n, mask_densities), run)
             if "dispatch" in args.kernels:
                 n_points = 6 if args.quick else 40
                 results["dispatch"] = _section(
-                    "dispatch", lambda: bench.dispatch(run, n_points, 512 if args.quick else 8192), run)
+                    "dispatch", lambda: bench_study.dispatch_sweep(run, n_points, 512 if args.quick else 8192), run)
     doc["sections"] = results
     doc["machine"] = machine_info()
     doc["wall_time_s"] = time.perf_counter() - t_start

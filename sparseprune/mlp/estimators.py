@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from numbers import Integral, Real
 import threading
 import warnings
 import weakref
+from numbers import Integral, Real
 from typing import Any
 
 import numba

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import sparse
 
 from sparseprune._validation import check_choice, check_int
+from sparseprune.inference.spmm import _csr_arrays
 from sparseprune.mlp.estimators import _SK_PARAMS, MLPClassifier, MLPRegressor
 from sparseprune.mlp.layers import Layer
 
@@ -88,7 +89,7 @@ def load(path):
             try:
                 quant = QuantizedCSR.from_arrays(arrays, prefix=f"q{i}_")
             except (ValueError, TypeError) as exc:
-                raise _bad(path, f"layer {i}: {exc}") from None
+                raise _bad(path, f"layer {i} CSR weights: {exc}") from None
             W = quant.dequantize()
         elif f"w{i}" in arrays:
             names = [f"w{i}"]
@@ -108,14 +109,15 @@ def load(path):
             if shp.dtype.kind != "i" or shp.shape != (2,) or (shp < 0).any():
                 raise _bad(path, f"w{i}_shape must be two non-negative ints.")
             rows, cols = int(shp[0]), int(shp[1])
-            if (ptr.size != rows + 1 or ptr[0] != 0 or ptr[-1] != d.size or ind.size != d.size
-                    or (np.diff(ptr) < 0).any() or (ind.size and (ind.min() < 0 or ind.max() >= cols))):
-                raise _bad(path, f"layer {i} CSR structure is inconsistent.")
-            W = sparse.csr_array((d, ind, ptr), shape=(rows, cols))
-            if not W.has_sorted_indices:
-                W.sort_indices()
-            if any(np.any(np.diff(W.indices[ptr[r]:ptr[r + 1]]) == 0) for r in range(rows)):
+            # The CSR checks of sparseprune.linear (structure, index bounds, order), once.
+            try:
+                W = sparse.csr_array((d, ind, ptr), shape=(rows, cols))
+                data, indices, indptr = _csr_arrays(W, copy=False)
+            except (TypeError, ValueError) as exc:
+                raise _bad(path, f"layer {i} CSR weights: {exc}") from None
+            if data.size != int(ptr[-1]):
                 raise _bad(path, f"layer {i} CSR has duplicate entries.")
+            W = sparse.csr_array((data, indices, indptr), shape=(rows, cols))
         expected.update(names + [f"b{i}"])
         if quant is not None and b is not None and b.dtype == np.float16:
             b = b.astype(W.dtype)  # a quantized layer's bias is saved as float16 (see _stored_bias)

@@ -7,7 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-from sparseprune.inference.threads import get_num_threads
+from sparseprune.inference import SparseLinear, get_num_threads, linear
+from sparseprune.inference.dispatch import bucket_of
+from sparseprune.pruning import threshold_mask
 from sparseprune.studies.common import Bar, Run, time_fns
 from sparseprune.studies.mlp import plan_paths, plan_ran
 
@@ -41,9 +43,7 @@ def _crossover(densities: Sequence[float], speedups: Sequence[float]) -> dict:
     return {"density": last, "bound": "last_faster", "text": f"{100 * last:g}% (not monotone)"}
 
 
-def linear(run: Run, n: int, densities: Sequence[float], batches: Sequence[int]) -> dict:
-    import sparseprune as sp
-
+def linear_sweep(run: Run, n: int, densities: Sequence[float], batches: Sequence[int]) -> dict:
     # SparseLinear holds the weights prepared once, as an MLP layer does, so the sparse
     # kernel (method="sparse") and the dispatcher (method="auto") are timed separately;
     # the crossover density is the kernel's.
@@ -51,7 +51,7 @@ def linear(run: Run, n: int, densities: Sequence[float], batches: Sequence[int])
     rows = []
     for d in run.progress(densities, "bench: linear densities"):
         W_csr = _random_csr(rng, n, d)
-        layer = sp.SparseLinear(W_csr)
+        layer = SparseLinear(W_csr)
         # The baseline multiplies the layer's own dense copy, the very array the
         # dispatcher's dense path uses: two separately allocated 64 MiB copies
         # can differ by several percent in BLAS speed (page placement).
@@ -63,7 +63,7 @@ def linear(run: Run, n: int, densities: Sequence[float], batches: Sequence[int])
             # packing is part of ours).
             fns = {"dense": lambda: X @ W_dense.T, "scipy": lambda: W_csr @ X.T,
                    "ours": lambda: layer(X, method="sparse"), "auto": lambda: layer(X),
-                   "linear": lambda: sp.linear(X, W_csr)}
+                   "linear": lambda: linear(X, W_csr)}
             t = run.time(fns)
             r = {"density": d, "batch": b, "timings": t,
                  "speedup_vs_dense": t["dense"]["median_s"] / t["ours"]["median_s"],
@@ -85,7 +85,7 @@ def linear(run: Run, n: int, densities: Sequence[float], batches: Sequence[int])
             "rows": rows, "crossover_density": crossover}
 
 
-def dispatch(run: Run, n_points: int, max_dim: int) -> dict:
+def dispatch_sweep(run: Run, n_points: int, max_dim: int) -> dict:
     """The measuring dispatcher on random layer shapes: auto against dense BLAS and the sparse kernel.
 
     Seeded random points: out and in log-uniform in [32, max_dim], density
@@ -95,8 +95,6 @@ def dispatch(run: Run, n_points: int, max_dim: int) -> dict:
     layer would on its first calls; then dense, sparse and auto are each
     timed as a group after a pause.
     """
-    import sparseprune as sp
-
     rng = np.random.default_rng(run.args.seed + 17)
     rows = []
     for _ in run.progress(range(n_points), "bench: dispatcher sweep"):
@@ -105,12 +103,12 @@ def dispatch(run: Run, n_points: int, max_dim: int) -> dict:
         batch = int(round(math.exp(rng.uniform(0, math.log(512)))))
         batch = max(1, min(batch, int(2e9 // (n_out * n_in))))
         W_csr = _random_csr(rng, n_out, density, n_in=n_in)
-        layer = sp.SparseLinear(W_csr)
+        layer = SparseLinear(W_csr)
         W_dense = layer._dense()
         X = rng.standard_normal((batch, n_in)).astype(np.float32)
         for _ in range(40):  # the dispatcher's own measuring, on the layer's first calls
             layer(X)
-            if layer._choice_for(sp.inference.dispatch.bucket_of(batch), sp.get_num_threads()).chosen is not None:
+            if layer._choice_for(bucket_of(batch), get_num_threads()).chosen is not None:
                 break
         t = run.time({"dense": lambda: X @ W_dense.T, "sparse": lambda: layer(X, method="sparse"),
                       "auto": lambda: layer(X)})
@@ -128,10 +126,8 @@ def dispatch(run: Run, n_points: int, max_dim: int) -> dict:
             "baselines": {"dense": "X @ W_dense.T (numpy BLAS)", "sparse": "SparseLinear(W_csr)(X, method='sparse')"}}
 
 
-def mask(run: Run, n: int, densities: Sequence[float]) -> dict:
+def mask_sweep(run: Run, n: int, densities: Sequence[float]) -> dict:
     import scipy.sparse as sps
-
-    import sparseprune as sp
 
     rng = np.random.default_rng(run.args.seed)
     W = rng.standard_normal((n, n)).astype(np.float32)
@@ -140,7 +136,7 @@ def mask(run: Run, n: int, densities: Sequence[float]) -> dict:
     for d in run.progress(densities, "bench: masking"):
         t_cut = float(np.quantile(absW, 1.0 - d)) if d < 1 else 0.0
         t = run.time({
-            "ours": lambda: sp.threshold_mask(W, t_cut),
+            "ours": lambda: threshold_mask(W, t_cut),
             "baseline": lambda: sps.csr_array(np.where(np.abs(W) < t_cut, 0, W)),
         })
         rows.append({"density": d, "threshold": t_cut, "timings": t,

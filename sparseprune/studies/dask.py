@@ -27,7 +27,7 @@ models) elsewhere.
 Tree and forest sections (:func:`trees_study`): ``studies.trees.study`` whole, as
 one task on a worker (its sweep shares one fitted model and one baseline).
 
-Fleet bench (:func:`bench_fleet`): ``studies.bench.linear`` (the ``bench``
+Fleet bench (:func:`bench_fleet`): ``studies.bench.linear_sweep`` (the ``bench``
 command's linear sweep) once on one worker per distinct machine, one machine
 after the other, using all of that machine's usable cores; the fleet table
 gives the crossover density per batch size per machine.
@@ -426,7 +426,7 @@ def _bench_task(cfg: dict) -> dict:
         run = common.Run(args, Path(tempfile.gettempdir()), n, t["repeats"], t["warmup"], t["min_time"],
                        settle=0.02 if cfg["quick"] else 0.15)
         t0 = time.perf_counter()
-        res = bench.linear(run, cfg["size"], cfg["densities"], cfg["batches"])
+        res = bench.linear_sweep(run, cfg["size"], cfg["densities"], cfg["batches"])
         wall = time.perf_counter() - t0
     return {**machine_of_worker(), "threads": n, "wall_time_s": wall, "linear": res, "machine_info": machine_info()}
 

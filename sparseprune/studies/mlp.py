@@ -129,7 +129,7 @@ BATCHES = [1, 256]
 
 
 def study(run: Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
-    import sparseprune as sp
+    from sparseprune.mlp import MLPClassifier
 
     rc = recipe(run.quick, ds.X_train.shape[0])
     hidden, epochs, lr = rc["hidden"], rc["epochs"], rc["learning_rate"]
@@ -137,7 +137,7 @@ def study(run: Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
     X, y, Xt = ds.X_train, ds.y_train, ds.X_test
 
     run.say(f"mlp: training {ds.n_features}-{'-'.join(map(str, hidden))}-{ds.n_classes} on {ds.name}")
-    dense = sp.MLPClassifier(hidden_layer_sizes=hidden, random_state=run.args.seed,
+    dense = MLPClassifier(hidden_layer_sizes=hidden, random_state=run.args.seed,
                              max_iter=rc["max_iter"]).fit(X, y)
     # Each model timed as a group after a pause: interleaved with the dense model, every
     # pruned call would run while the dense model's BLAS worker threads still spin on the

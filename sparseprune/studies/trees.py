@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from sparseprune.datasets import Dataset
+from sparseprune.inference.threads import get_num_threads
 from sparseprune.studies.common import Run, baseline, latency
 
 
@@ -64,14 +65,14 @@ def study(run: Run, ds: Dataset, family: str) -> dict:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.tree import DecisionTreeClassifier
 
-    import sparseprune as sp
+    from sparseprune.trees import compile_tree, prune_tree
 
     seed = run.args.seed
     X, y, Xt, yt = ds.X_train, ds.y_train, ds.X_test, ds.y_test
     n_trees = 10 if run.quick else 50
     if family == "forest":
         # n_jobs = the thread count our kernels get, so the comparison is fair.
-        n_jobs = run.threads or sp.get_num_threads()
+        n_jobs = run.threads or get_num_threads()
         est = RandomForestClassifier(n_estimators=n_trees, random_state=seed, n_jobs=n_jobs).fit(X, y)
         title = f"random forest ({n_trees} trees) on {ds.name}"
     else:
@@ -81,10 +82,9 @@ def study(run: Run, ds: Dataset, family: str) -> dict:
     run.say(f"{family}: fitted {title}")
     nodes0 = sum(int(t.tree_.node_count) for t in _trees_of(est))
     batches = [1, 256]
-    notes = []
 
     def engine(model) -> Callable:
-        return sp.compile_tree(model).predict
+        return compile_tree(model).predict
 
     variants = None
     if family == "forest" and n_jobs != 1:
@@ -114,10 +114,10 @@ def study(run: Run, ds: Dataset, family: str) -> dict:
     rows = [row("unpruned", "unpruned", None, est)]
     curves: dict[str, list] = {}
     for tau in run.progress(taus, f"{family}: info_gain"):
-        p = sp.prune_tree(est, method="info_gain", threshold=float(tau))
+        p = prune_tree(est, method="info_gain", threshold=float(tau))
         rows.append(row(f"info_gain τ={tau:.2g}", "info_gain", float(tau), p))
     for a in run.progress(table_alphas, f"{family}: cost_complexity"):
-        p = sp.prune_tree(est, method="cost_complexity", alpha=float(a))
+        p = prune_tree(est, method="cost_complexity", alpha=float(a))
         rows.append(row(f"cost_complexity α={a:.2g}", "cost_complexity", float(a), p))
     curves.update(_pruning_curves(est, Xt, yt, 8 if run.quick else 25))
     if not curves.get("cost_complexity"):
@@ -137,4 +137,4 @@ def study(run: Run, ds: Dataset, family: str) -> dict:
             "latency_meaning": "dense = scikit-learn predict of the unpruned model (timed once per batch size)"
                                + (f" (faster of n_jobs={n_jobs} and n_jobs=1)" if variants else "")
                                + "; pruned = the pruned model through sparseprune.compile_tree",
-            "rows": rows, "curves": curves, "notes": notes}
+            "rows": rows, "curves": curves}
