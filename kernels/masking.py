@@ -5,7 +5,7 @@ cut-off magnitude ``v[i]``; an entry is kept when ``|w| > v[i]``, or when
 ``|w| == v[i]`` and it is not among the ties chosen for removal. Ties are
 removed in row-major order. Exact zeros are never kept. Nearly every row keeps
 all of its ties or none (then the rule is just ``|w| >= cut``, the fast
-``fill_rows``); the few rows holding a partial set go through ``fill_tie_rows``.
+``fill_rows_parallel``); the few rows holding a partial set go through ``fill_tie_rows_parallel``.
 
 Everything is two passes (count, then fill) over the matrix, parallel over rows,
 with O(rows) temporaries: no dense array the size of ``W`` is ever allocated.
@@ -151,11 +151,11 @@ def _fill_cols(WT, cut, start, data, indices):
                     pos[i] += 1
 
 
-count_rows_serial, count_rows = jit_variants(_count_rows, fastmath=False)
-fill_rows_serial, fill_rows = jit_variants(_fill_rows, fastmath=False)
-fill_tie_rows_serial, fill_tie_rows = jit_variants(_fill_tie_rows, fastmath=False)
-count_cols_serial, count_cols = jit_variants(_count_cols, fastmath=False)
-fill_cols_serial, fill_cols = jit_variants(_fill_cols, fastmath=False)
+count_rows_serial, count_rows_parallel = jit_variants(_count_rows, fastmath=False)
+fill_rows_serial, fill_rows_parallel = jit_variants(_fill_rows, fastmath=False)
+fill_tie_rows_serial, fill_tie_rows_parallel = jit_variants(_fill_tie_rows, fastmath=False)
+count_cols_serial, count_cols_parallel = jit_variants(_count_cols, fastmath=False)
+fill_cols_serial, fill_cols_parallel = jit_variants(_fill_cols, fastmath=False)
 
 
 def _magnitude_histogram(U, abs_mask, prefix_mask, prefix, shift, digit_mask, n_buckets, n_chunks):
@@ -187,7 +187,7 @@ def _magnitude_histogram(U, abs_mask, prefix_mask, prefix, shift, digit_mask, n_
     return out
 
 
-magnitude_histogram_serial, magnitude_histogram = jit_variants(_magnitude_histogram, fastmath=False)
+magnitude_histogram_serial, magnitude_histogram_parallel = jit_variants(_magnitude_histogram, fastmath=False)
 
 
 def _row_kth_magnitude(W, k, out):
@@ -198,7 +198,7 @@ def _row_kth_magnitude(W, k, out):
         out[i] = np.partition(buf, k)[k]
 
 
-row_kth_magnitude_serial, row_kth_magnitude = jit_variants(_row_kth_magnitude, fastmath=False)
+row_kth_magnitude_serial, row_kth_magnitude_parallel = jit_variants(_row_kth_magnitude, fastmath=False)
 
 
 @jit(fastmath=False)
@@ -243,5 +243,5 @@ def _nm_fill(W, n, m, indptr, data, indices):
                     p += 1
 
 
-nm_count_serial, nm_count = jit_variants(_nm_count, fastmath=False)
-nm_fill_serial, nm_fill = jit_variants(_nm_fill, fastmath=False)
+nm_count_serial, nm_count_parallel = jit_variants(_nm_count, fastmath=False)
+nm_fill_serial, nm_fill_parallel = jit_variants(_nm_fill, fastmath=False)

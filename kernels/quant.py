@@ -59,7 +59,7 @@ from numba.core import types as _types
 from numba.core.extending import intrinsic
 
 from ._jit import jit, jit_variants, transpose_tile, wide_vectors
-from .spmm import _SETS, WIDTHS, _SLPDispatcher, _activate, nonfinite_rows, pack_block
+from .spmm import _SETS, WIDTHS, _activate, _SLPDispatcher, nonfinite_rows, pack_block
 
 __all__ = ["WIDTHS", "qspmm_forward", "qspmv", "qspmv_forward", "qspmv_rows"]
 
@@ -216,12 +216,12 @@ def _qspmv_perm_forward(codes, cols, indptr, table32, X, bias, act, row_starts):
     return Y, probe != probe
 
 
-_qspmv_perm_forward_serial, _qspmv_perm_forward_par = jit_variants(_qspmv_perm_forward)
+_qspmv_perm_forward_serial, _qspmv_perm_forward_parallel = jit_variants(_qspmv_perm_forward)
 
 
 def qspmv_perm_forward(parallel: bool = False):
     """The batch-1 driver for small k-means codebooks: ``f(codes, cols, indptr, table32, X, bias, act, row_starts)``."""
-    return _qspmv_perm_forward_par if parallel else _qspmv_perm_forward_serial
+    return _qspmv_perm_forward_parallel if parallel else _qspmv_perm_forward_serial
 
 
 def _qspmv_forward(codes, cols, indptr, table, rowscale, lookup, X, bias, act, row_starts):
@@ -242,7 +242,7 @@ def _qspmv_forward(codes, cols, indptr, table, rowscale, lookup, X, bias, act, r
     return Y, probe != probe
 
 
-_qspmv_forward_serial, _qspmv_forward_par = jit_variants(_qspmv_forward)
+_qspmv_forward_serial, _qspmv_forward_parallel = jit_variants(_qspmv_forward)
 
 
 def qspmv_forward(parallel: bool = False):
@@ -252,7 +252,7 @@ def qspmv_forward(parallel: bool = False):
     parallel variant runs one ``prange`` iteration per range of ``row_starts``
     (nnz-balanced ranges from ``kernels.spmm.balanced_row_starts``).
     """
-    return _qspmv_forward_par if parallel else _qspmv_forward_serial
+    return _qspmv_forward_parallel if parallel else _qspmv_forward_serial
 
 
 def _qspmv_rows(codes, cols, indptr, table, rowscale, lookup, X, bias, act, row_starts, Y):
@@ -288,7 +288,7 @@ def _qspmv_rows(codes, cols, indptr, table, rowscale, lookup, X, bias, act, row_
     return probe != probe
 
 
-_qspmv_rows_serial, _qspmv_rows_par = jit_variants(_qspmv_rows)
+_qspmv_rows_serial, _qspmv_rows_parallel = jit_variants(_qspmv_rows)
 
 
 def qspmv_rows(parallel: bool = False):
@@ -296,7 +296,7 @@ def qspmv_rows(parallel: bool = False):
 
     Writes ``Y`` (C-ordered (batch, out)) and returns whether ``X`` held NaN or inf.
     """
-    return _qspmv_rows_par if parallel else _qspmv_rows_serial
+    return _qspmv_rows_parallel if parallel else _qspmv_rows_serial
 
 
 # --------------------------------------------------------------------------- batched SpMM

@@ -71,7 +71,7 @@ Where the batched kernel's time goes (4096 x 4096, 10% density, batch 256, one c
     word (one load, then a shift and a move to a vector register) was 9%
     slower, and four columns per 64-bit load 8-10% slower.
 
-Batch-1 SpMV (:func:`spmv_forward_par`, :func:`spmv_forward_serial`)
+Batch-1 SpMV (:func:`spmv_forward_parallel`, :func:`spmv_forward_serial`)
     A dot product per row with four independent partial sums, on plain CSR
     (16-bit column indices where they fit). Gathers (vgatherdps) were
     measured 2x slower on this Xeon than the scalar loads.
@@ -79,7 +79,6 @@ Batch-1 SpMV (:func:`spmv_forward_par`, :func:`spmv_forward_serial`)
 Activation codes (``ACTIVATIONS``): 0 identity, 1 relu, 2 tanh, 3 logistic.
 """
 from __future__ import annotations
-
 
 import numba
 import numpy as np
@@ -492,7 +491,7 @@ def _spmv_forward(data, indices, indptr, X, bias, act, row_starts):
     return Y, probe != probe
 
 
-spmv_forward_serial, spmv_forward_par = jit_variants(_spmv_forward)
+spmv_forward_serial, spmv_forward_parallel = jit_variants(_spmv_forward)
 
 
 def _spmv_rows(data, indices, indptr, X, bias, act, row_starts, Y):
@@ -523,7 +522,7 @@ def _spmv_rows(data, indices, indptr, X, bias, act, row_starts, Y):
     return probe != probe
 
 
-spmv_rows_serial, spmv_rows_par = jit_variants(_spmv_rows)
+spmv_rows_serial, spmv_rows_parallel = jit_variants(_spmv_rows)
 
 
 
@@ -576,7 +575,7 @@ def _spmv_checked(data, indices, indptr, n_cols, x, bias, act, n_parts):
     return y, 1 if probe != probe else 0
 
 
-spmv_checked_serial, spmv_checked_par = jit_variants(_spmv_checked)
+spmv_checked_serial, spmv_checked_parallel = jit_variants(_spmv_checked)
 
 
 @jit(fastmath=False)

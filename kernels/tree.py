@@ -342,7 +342,7 @@ def _forest_accumulate(X, hybrid, top_depth, top_off, map_off, pad_u, pad_f, nod
     return 1 - bad.max()
 
 
-forest_accumulate_serial, forest_accumulate = jit_variants(_forest_accumulate, fastmath=False)
+forest_accumulate_serial, forest_accumulate_parallel = jit_variants(_forest_accumulate, fastmath=False)
 
 
 # --------------------------------------------------------------------------- layout builders

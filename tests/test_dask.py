@@ -235,9 +235,9 @@ def test_worker_killed_mid_prediction(cluster, digits):
 
 # ----------------------------------------------------------------------------- study and bench
 def test_study_on_cluster_equals_local_with_a_worker_killed(cluster, tmp_path):
-    from sparseprune.studies import dask as st
     from sparseprune import cli
     from sparseprune.datasets import load_dataset
+    from sparseprune.studies import dask as st
 
     cl, client = cluster
     _wait_for_workers(client)

@@ -11,10 +11,11 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
+from sparseprune.kernels import plan as kplan
 
 import sparseprune
 from sparseprune.inference import plan as plan_mod
-from sparseprune.kernels import plan as kplan
+from sparseprune.inference import threads as threads_mod
 
 
 # ---------------------------------------------------------------- reference
@@ -98,7 +99,7 @@ def test_fused_parallel_rows_equal_serial(monkeypatch):
     Xb = np.ascontiguousarray(np.resize(X, (37, X.shape[1])))
     plan = m.plan_
     serial = plan._fused(Xb, 1)
-    monkeypatch.setattr(plan_mod, "FUSED_PARALLEL_WORK", 0)
+    monkeypatch.setitem(threads_mod.SERIAL_WORK, "fused", 0)
     np.testing.assert_array_equal(plan._fused(Xb, 2), serial)
     np.testing.assert_allclose(serial, naive_output(model_layers(m), "relu", "softmax", Xb), rtol=2e-4, atol=2e-5)
 

@@ -10,11 +10,12 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import ref_linear
 
 import sparseprune
-from naive import ref_linear
 from sparseprune.inference import costmodel as cal
 from sparseprune.inference import spmm as spmm_mod
+from sparseprune.inference import threads as threads_mod
 
 ACTS = [None, "identity", "relu", "tanh", "logistic"]
 
@@ -72,8 +73,8 @@ def test_matches_dense_reference(batch, n_in, n_out, density, dtype, activation,
 def test_parallel_sizes_every_width(dtype, batch, monkeypatch):
     # Every call on the threads; batches cover each block width, blocks per
     # thread, leftover blocks split by rows, and partial last blocks.
-    monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
-    monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+    monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmm", 0)
+    monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmv", 0)
     rng = np.random.default_rng(batch)
     W = random_csr(rng, 301, 257, 0.4, dtype)
     X = rng.standard_normal((batch, 257)).astype(dtype)
@@ -151,7 +152,6 @@ def test_pack_block_matches_numpy_transpose(n, n_feat, width, dtype, layout, see
 @pytest.mark.parametrize("src_order, dst_order", [("C", "C"), ("C", "F"), ("F", "C"), ("F", "F")])
 def test_transpose_tile_any_layout(dtype, src_order, dst_order):
     import numba
-
     from sparseprune.kernels._jit import transpose_tile
 
     @numba.njit
@@ -248,8 +248,8 @@ def test_prepared_layer_snapshots_weights():
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # dense BLAS on NaN, on purpose
 def test_nonfinite_inputs_propagate_like_dense(method, batch, parallel, monkeypatch):
     if parallel:  # flags from blocks and rows checked by different threads must all arrive
-        monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)
-        monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+        monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmm", 0)
+        monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmv", 0)
     rng = np.random.default_rng(4)
     W = random_csr(rng, 40, 30, 0.3)
     W.data[:5] = 0.0  # explicit stored zeros: 0 * inf is NaN in the dense product too
@@ -305,7 +305,7 @@ def test_one_off_matrix_vector_checks_inside_the_kernel(monkeypatch, parallel, d
     # index bounds inside the kernel: a matrix corrupted after scipy cached the flag
     # must still give a clear error, never a wrong answer or a crash.
     if parallel:
-        monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+        monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmv", 0)
     rng = np.random.default_rng(12)
     W = random_csr(rng, 90, 70, 0.2, dtype)
     W.indices, W.indptr = W.indices.astype(index), W.indptr.astype(index)
@@ -537,8 +537,8 @@ def test_interpolation_between_batches():
 @pytest.mark.parallel
 # ---------------------------------------------------------------- threads
 def test_eight_python_threads_same_results(monkeypatch):
-    monkeypatch.setattr(spmm_mod, "SERIAL_WORK", 0)  # every call launches parallel kernels
-    monkeypatch.setattr(spmm_mod, "SERIAL_WORK_SPMV", 0)
+    monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmm", 0)  # every call launches parallel kernels
+    monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmv", 0)
     rng = np.random.default_rng(6)
     W = random_csr(rng, 400, 300, 0.3)
     layer = sparseprune.SparseLinear(W, rng.standard_normal(400).astype(np.float32), "relu")
@@ -664,7 +664,7 @@ def test_tiled_layout_matches_reference(n_out, n_in, density, rows_per_chunk, mi
         mp.setattr(spmm_mod, "MIN_PANEL", min_panel)
         mp.setattr(spmm_mod, "PANEL_NNZ", 1)
         mp.setattr(spmm_mod, "PAD_TO", pad_to)
-        mp.setattr(spmm_mod, "SERIAL_WORK", 0 if seed % 2 else 10**12)
+        mp.setitem(threads_mod.SERIAL_WORK, "spmm", 0 if seed % 2 else 10**12)
         layer = sparseprune.SparseLinear(W, b, activation)
         t = layer._tiled()
         Y = layer(X, method="sparse")

@@ -32,7 +32,7 @@ import numpy as np
 
 from sparseprune.inference.dispatch import Choice, bucket_of
 from sparseprune.inference.spmm import _activate_inplace, _forced_method
-from sparseprune.inference.threads import _num_threads_now, run_parallel
+from sparseprune.inference.threads import _num_threads_now, parallel_pays, run_parallel
 from sparseprune.kernels import plan as _kp
 from sparseprune.kernels import spmm as _ks
 
@@ -53,8 +53,6 @@ FUSED_SPARSE_DENSITY = 0.15
 #: fused kernel is considered: a layer-by-layer pass pays several
 #: microseconds of Python per layer, more than such a call takes in total.
 FUSED_ONLY_WORK = 100_000
-#: The fused kernel splits the rows between numba's threads from this much work per call.
-FUSED_PARALLEL_WORK = 400_000
 
 _OUT_MODES = {"softmax": _kp.OUT_SOFTMAX, "logistic": _kp.OUT_BINARY, "identity": _kp.OUT_NONE}
 
@@ -236,7 +234,7 @@ class ModelPlan:
         Y = np.empty((n, self._width_out), self.dtype)
         args = (X, self._meta, self._wd, self._data, self._indices, self._indptr, self._bias, self.out_mode,
                 self._max_width, Y)
-        if n_threads > 1 and n > 1 and n * self.work_per_row >= FUSED_PARALLEL_WORK:
+        if n > 1 and parallel_pays("fused", n * self.work_per_row, n_threads):
             bad = run_parallel(_kp.forward_parallel, *args, min(n, n_threads))
         else:
             bad = _kp.forward_serial(*args, 1)

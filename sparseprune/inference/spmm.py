@@ -28,8 +28,8 @@ microseconds, against 100-150 us for the Python thread pool used before).
 A batch is split between the threads by blocks of 64 input rows, each thread
 packing and multiplying its own (see :func:`_forward_plan`); batches too
 small for that, and the batch-1 SpMV, split nnz-balanced ranges of weight
-rows. Products under ``SERIAL_WORK`` multiply-adds (``SERIAL_WORK_SPMV``
-nonzeros at batch 1) stay on the calling thread.
+rows. Small products stay on the calling thread (``threads.SERIAL_WORK``: one
+table for every kernel family).
 
 A multi-threaded BLAS call leaves OpenBLAS's worker threads spinning for
 about 0.1 s; parallel sparse kernels run in that window were measured 2-3x
@@ -55,6 +55,7 @@ from sparseprune.inference import costmodel as _cal
 from sparseprune.inference.dispatch import Choice, bucket_of
 from sparseprune.inference.threads import (
     _num_threads_now,
+    parallel_pays,
     run_parallel,
     single_thread_blas,
     thread_limit,
@@ -65,13 +66,6 @@ __all__ = ["Decision", "SparseLinear", "calibrate", "explain", "linear", "set_ca
 
 ACTIVATIONS = tuple(_k.ACTIVATIONS)
 _METHODS = ("auto", "dense", "sparse")
-#: Below this many multiply-adds (nnz x batch) a call stays on the calling
-#: thread. An OpenMP launch costs a few microseconds here; measured
-#: break-even on 2 threads was about 0.8M multiply-adds for the SpMM and 8k
-#: nonzeros for the SpMV (SERIAL_WORK_SPMV keeps a margin for a sleeping
-#: worker's wake-up).
-SERIAL_WORK = 1_000_000
-SERIAL_WORK_SPMV = 32_000
 #: When a SparseLinear layer called with ``among_sparse=True`` falls back to
 #: dense and the product is predicted to take less than this (seconds), BLAS
 #: runs on one thread: a second BLAS thread saves at most this much, while
@@ -271,9 +265,10 @@ class Decision:
 
 def _goes_parallel(nnz: int, batch: int, n_threads: int) -> bool:
     """Whether a sparse product of ``nnz`` nonzeros at ``batch`` runs on more than one thread."""
-    if n_threads < 2 or batch == 0:
+    if batch == 0:
         return False
-    return nnz >= SERIAL_WORK_SPMV if batch == 1 else nnz * batch >= SERIAL_WORK
+    return (parallel_pays("spmv", nnz, n_threads) if batch == 1
+            else parallel_pays("spmm", nnz * batch, n_threads))
 
 
 def _forced_method() -> str | None:
@@ -600,7 +595,7 @@ def _spmv(X, data, indices, indptr, bias, act, row_starts_for, n_threads):
     """Batch 1: ``(Y, has_nonfinite)``."""
     X = np.ascontiguousarray(X)
     if _goes_parallel(int(indptr[-1]), 1, n_threads):
-        return run_parallel(_k.spmv_forward_par, data, indices, indptr, X, bias, act,
+        return run_parallel(_k.spmv_forward_parallel, data, indices, indptr, X, bias, act,
                             row_starts_for(PARTS_PER_THREAD * n_threads))
     return _k.spmv_forward_serial(data, indices, indptr, X, bias, act, row_starts_for(1))
 
@@ -630,7 +625,7 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, 
         Y = np.empty((n_batch, n_out), data.dtype)
         cols = indices if spmv_cols is None else spmv_cols
         if _goes_parallel(nnz * n_batch, 1, n_threads):
-            bad = run_parallel(_k.spmv_rows_par, data, cols, indptr, X, bias, act,
+            bad = run_parallel(_k.spmv_rows_parallel, data, cols, indptr, X, bias, act,
                                row_starts_for(PARTS_PER_THREAD * n_threads), Y)
         else:
             bad = _k.spmv_rows_serial(data, cols, indptr, X, bias, act, row_starts_for(1), Y)
@@ -1016,7 +1011,7 @@ def _one_off_spmv(X, W, bias, act: int):
     b = _check_bias(bias, n_out, data.dtype)
     n_threads = _num_threads_now()
     if _goes_parallel(int(indptr[-1]), 1, n_threads):
-        y, status = run_parallel(_k.spmv_checked_par, data, indices, indptr, n_in, x, b, act, n_threads)
+        y, status = run_parallel(_k.spmv_checked_parallel, data, indices, indptr, n_in, x, b, act, n_threads)
     else:
         y, status = _k.spmv_checked_serial(data, indices, indptr, n_in, x, b, act, 1)
     return y.reshape(1, n_out) if status == 0 else None

@@ -119,6 +119,26 @@ def _num_threads_now() -> int:
     return numba.get_num_threads()
 
 
+#: When a kernel with a parallel variant runs it: from this much work per call, in the
+#: unit of each kernel family, and with at least two numba threads. Below it, a
+#: parallel launch (and waking a sleeping worker) costs more than the split saves.
+#: Break-evens measured on the 2-core machine (benchmarks/README.md):
+SERIAL_WORK = {
+    "spmm": 1_000_000,        # multiply-adds (nnz x batch) of a batched sparse product: ~0.8M
+    "spmv": 32_000,           # nonzeros of a matrix-vector product: ~8k, plus a margin for a worker's wake-up
+    "fused": 400_000,         # multiply-adds per call of the fused whole-model kernel (rows split)
+    "masking": 1 << 15,       # matrix entries read by a masking kernel
+    "activation_stats": 1 << 18,  # activations scored for neuron elimination
+    "forest": 2 * 1024,       # rows of a forest traversal: two of its 1024-row blocks
+}
+
+
+def parallel_pays(kind: str, work: int, n_threads: int | None = None) -> bool:
+    """Whether ``work`` of kernel family ``kind`` (a key of ``SERIAL_WORK``) runs its parallel variant."""
+    n = _num_threads_now() if n_threads is None else n_threads
+    return n >= 2 and work >= SERIAL_WORK[kind]
+
+
 def _check_threads(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
         raise TypeError(f"The 'n_threads' parameter must be a positive int. Got {n!r} instead.")

@@ -6,7 +6,8 @@ import numpy as np
 from scipy import sparse
 
 from sparseprune._validation import index_dtype
-from sparseprune.inference.spmm import SparseLinear, linear
+from sparseprune.inference.spmm import SparseLinear, _activate_inplace, linear
+from sparseprune.kernels.spmm import ACTIVATIONS
 from sparseprune.pruning.masking import global_magnitude_prune, magnitude_prune
 
 
@@ -144,24 +145,6 @@ class Layer:
         return f"Layer(shape={self.shape}, {kind}, nnz={self.nnz})"
 
 
-def _relu(Z):
-    return np.maximum(Z, 0, out=Z)
-
-
-def _tanh(Z):
-    return np.tanh(Z, out=Z)
-
-
-def _logistic(Z):
-    # Stable sigmoid: exp of a non-positive argument only.
-    E = np.exp(-np.abs(Z))
-    return np.where(Z >= 0, 1 / (1 + E), E / (1 + E)).astype(Z.dtype, copy=False)
-
-
-def _identity(Z):
-    return Z
-
-
 def _softmax(Z):
     Z = Z - Z.max(axis=1, keepdims=True)
     np.exp(Z, out=Z)
@@ -169,7 +152,19 @@ def _softmax(Z):
     return Z
 
 
-_ACT = {"relu": _relu, "tanh": _tanh, "logistic": _logistic, "identity": _identity, "softmax": _softmax}
+def _table_activation(code: int):
+    def act(Z):
+        _activate_inplace(Z, code)
+        return Z
+
+    return act
+
+
+#: Training's activations, in place: the inference table (``kernels.spmm.ACTIVATIONS``
+#: codes) applied by the dense inference path's numpy code, so training and serving
+#: compute the same function (a stable logistic included), plus the softmax output.
+_ACT = {name: _table_activation(code) for name, code in ACTIVATIONS.items()}
+_ACT["softmax"] = _softmax
 
 
 def _act_derivative(name, A, delta):

@@ -20,7 +20,7 @@ from sparseprune._validation import (
     check_number,
     index_dtype,
 )
-from sparseprune.inference.threads import parallel_guard
+from sparseprune.inference.threads import parallel_guard, parallel_pays
 from sparseprune.kernels import masking as _k
 
 __all__ = [
@@ -32,12 +32,8 @@ __all__ = [
     "SparsityInfo",
 ]
 
-# Below this many entries a parallel launch costs more than the work it splits.
-_PARALLEL_MIN_SIZE = 1 << 15
-
-
 def _parallel(size: int) -> bool:
-    return size >= _PARALLEL_MIN_SIZE and numba.get_num_threads() > 1
+    return parallel_pays("masking", size)
 
 
 def _run(parallel_kernel, serial_kernel, size: int, *args):
@@ -68,13 +64,13 @@ def _count(W: np.ndarray, v_row: np.ndarray, name: str):
     if _column_major(W):
         n_chunks = numba.get_num_threads() if _parallel(W.size) else 1
         gt_c, ties_c, bad_c = (np.empty((n_chunks, n_rows), np.int64) for _ in range(3))
-        _run(_k.count_cols, _k.count_cols_serial, W.size, W.T, v_row, gt_c, ties_c, bad_c, big)
+        _run(_k.count_cols_parallel, _k.count_cols_serial, W.size, W.T, v_row, gt_c, ties_c, bad_c, big)
         _raise_nonfinite(bad_c.sum(axis=0), name)
         return gt_c.sum(axis=0), ties_c.sum(axis=0), (gt_c, ties_c)
     gt = np.empty(n_rows, np.int64)
     ties = np.empty(n_rows, np.int64)
     nonfinite = np.empty(n_rows, np.int64)
-    _run(_k.count_rows, _k.count_rows_serial, W.size, W, v_row, gt, ties, nonfinite, big)
+    _run(_k.count_rows_parallel, _k.count_rows_serial, W.size, W, v_row, gt, ties, nonfinite, big)
     _raise_nonfinite(nonfinite, name)
     return gt, ties, None
 
@@ -124,16 +120,16 @@ def _fill(W: np.ndarray, v_row: np.ndarray, tie_offset: np.ndarray, counts) -> s
     cut = np.where(all_ties | ~positive, v_row, np.nextafter(v_row, W.dtype.type(np.inf)))
     cut[partial] = np.nan
     if chunks is None:
-        _run(_k.fill_rows, _k.fill_rows_serial, W.size, W, cut, indptr, data, indices)
+        _run(_k.fill_rows_parallel, _k.fill_rows_serial, W.size, W, cut, indptr, data, indices)
     else:
         gt_c, ties_c = chunks
         kept_c = gt_c + ties_c * all_ties
         kept_c[:, partial] = 0
         start = indptr[:-1] + np.cumsum(kept_c, axis=0) - kept_c
-        _run(_k.fill_cols, _k.fill_cols_serial, W.size, W.T, cut, start, data, indices)
+        _run(_k.fill_cols_parallel, _k.fill_cols_serial, W.size, W.T, cut, start, data, indices)
     tie_rows = np.flatnonzero(partial)
     if tie_rows.size:
-        _run(_k.fill_tie_rows, _k.fill_tie_rows_serial, tie_rows.size * W.shape[1],
+        _run(_k.fill_tie_rows_parallel, _k.fill_tie_rows_serial, tie_rows.size * W.shape[1],
              W, tie_rows, v_row, tie_offset, indptr, data, indices)
     return _wrap(W, data, indices, indptr)
 
@@ -235,7 +231,7 @@ def _kth_smallest_magnitude(mats: Sequence[np.ndarray], k: int):
         for U in views:
             chunks = numba.get_num_threads() if _parallel(U.size) else 1
             args = (U, u(abs_mask), u(prefix_mask), u(prefix), u(shift), u(digit_mask), n_buckets, chunks)
-            hist += _run(_k.magnitude_histogram, _k.magnitude_histogram_serial, U.size, *args)
+            hist += _run(_k.magnitude_histogram_parallel, _k.magnitude_histogram_serial, U.size, *args)
         cum = np.cumsum(hist)
         b = int(np.searchsorted(cum, remaining))
         remaining -= int(cum[b - 1]) if b > 0 else 0
@@ -293,7 +289,7 @@ def magnitude_prune(W: np.ndarray, sparsity: float, *, scope: str = "tensor") ->
     if k == 0 or n_rows == 0:
         return _mask_at(W, W.dtype.type(0), "W")
     v_row = np.empty(n_rows, W.dtype)
-    _run(_k.row_kth_magnitude, _k.row_kth_magnitude_serial, W.size, W, k - 1, v_row)
+    _run(_k.row_kth_magnitude_parallel, _k.row_kth_magnitude_serial, W.size, W, k - 1, v_row)
     counts = _count(W, v_row, "W")
     gt, ties, _ = counts
     return _fill(W, v_row, n_cols - gt - ties - k, counts)
@@ -382,10 +378,10 @@ def nm_prune(W: np.ndarray, n: int = 2, m: int = 4) -> sp.csr_array:
         raise ValueError(f"The 'n' parameter must be <= m (keep n of every m). Got n={n}, m={m} instead.")
     counts = np.empty(W.shape[0], np.int64)
     nonfinite = np.empty(W.shape[0], np.int64)
-    _run(_k.nm_count, _k.nm_count_serial, W.size, W, n, m, counts, nonfinite, _big(W.dtype))
+    _run(_k.nm_count_parallel, _k.nm_count_serial, W.size, W, n, m, counts, nonfinite, _big(W.dtype))
     _raise_nonfinite(nonfinite, "W")
     data, indices, indptr = _csr(W, counts)
-    _run(_k.nm_fill, _k.nm_fill_serial, W.size, W, n, m, indptr, data, indices)
+    _run(_k.nm_fill_parallel, _k.nm_fill_serial, W.size, W, n, m, indptr, data, indices)
     return _wrap(W, data, indices, indptr)
 
 

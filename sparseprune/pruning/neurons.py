@@ -14,14 +14,10 @@ import numpy as np
 from scipy import sparse
 
 from sparseprune._validation import check_float_matrix
-from sparseprune.inference.threads import parallel_guard
+from sparseprune.inference.threads import parallel_guard, parallel_pays
 from sparseprune.kernels import neurons as _k
 
 __all__ = ["activation_scores", "weight_norm_scores", "remove_neurons"]
-
-# Below this many activations the parallel launch costs more than the pass itself.
-_PARALLEL_MIN_SIZE = 1 << 18
-
 
 def activation_scores(A) -> dict[str, np.ndarray]:
     """Per-neuron statistics of post-activation values over a calibration batch.
@@ -50,7 +46,7 @@ def activation_scores(A) -> dict[str, np.ndarray]:
         raise ValueError("A contains NaN or inf; neuron scores need finite activations.")
     A = np.ascontiguousarray(A)
     out = np.empty((5, A.shape[1]), dtype=np.float64)
-    if A.size >= _PARALLEL_MIN_SIZE:
+    if parallel_pays("activation_stats", A.size):
         with parallel_guard():
             _k.activation_stats_parallel(A, out)
     else:

@@ -7,11 +7,11 @@ import scipy.sparse as sp
 from sklearn.base import is_classifier
 
 from sparseprune._validation import check_int
-from sparseprune.inference.threads import parallel_guard, thread_limit
+from sparseprune.inference.threads import parallel_guard, parallel_pays, thread_limit
 from sparseprune.kernels.tree import (
     fill_compact,
     fill_padded,
-    forest_accumulate,
+    forest_accumulate_parallel,
     forest_accumulate_serial,
 )
 from sparseprune.trees.common import check_shape, check_tree_estimator
@@ -143,7 +143,7 @@ class CompiledTree:
         slots = np.zeros(n if single else 0, np.int32)
         if n == 0:
             return slots if single else out
-        kernel = forest_accumulate if n >= 2 * _BLOCK else forest_accumulate_serial
+        kernel = forest_accumulate_parallel if parallel_pays("forest", n, n_threads) else forest_accumulate_serial
         # chunk size 1: threads take row blocks one at a time, so a thread that the OS
         # delays (busy machine) does not hold back a statically assigned half of the rows
         with thread_limit(n_threads), parallel_guard(), numba.parallel_chunksize(1):
