@@ -1,6 +1,6 @@
 """Masking: sparseprune vs the numpy+scipy baseline, side by side in one group per case.
 
-Run: see the README's Performance section. benchmarks/conftest.py pins BLAS and numba
+Run: see benchmarks/README.md (commands and figures). benchmarks/conftest.py pins BLAS and numba
 to the same thread count; SPARSEPRUNE_BENCH_QUICK=1 shrinks the matrices so CI can
 smoke-run the suite.
 """

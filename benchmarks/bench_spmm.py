@@ -4,7 +4,7 @@ One pytest-benchmark group per (density, batch) holding
 - ``dense``:  ``X @ W_dense.T`` (numpy / OpenBLAS),
 - ``scipy``:  ``W_csr @ X.T`` (scipy, one thread),
 - ``ours``:   the sparse kernel, ``SparseLinear(W)(X, method="sparse")``,
-- ``auto``:   the dispatcher, ``SparseLinear(W)(X)`` (dense or sparse per calibration),
+- ``auto``:   the dispatcher, ``SparseLinear(W)(X)`` (dense or sparse, measured on its first calls),
 - ``linear``: the one-call API, ``sparseprune.linear(X, W_csr)`` (validates W every call),
 all with the same thread count for BLAS and numba (``SPARSEPRUNE_BENCH_THREADS``,
 default: all cores). Each callable runs once before timing (JIT compile and

@@ -18,7 +18,11 @@ Batch 1 (:func:`qspmv_forward`)
     16-bit column) against 6. ``linear`` sums ``q * x[j]`` (a sign extension and
     a conversion per code, in vector registers) and multiplies the row's sum by
     its scale once; ``kmeans`` looks each code up in the codebook (at most 256
-    values, L1-resident; one more gather per vector of nonzeros).
+    values, L1-resident; one more gather per vector of nonzeros). A float32
+    k-means codebook of at most 32 values (up to 5 bits) on an AVX-512 CPU is
+    held in two vector registers instead (:func:`qspmv_perm32`,
+    :func:`perm32_dot`): one in-register permute turns 16 codes into 16 weights,
+    with no second gather.
 
 Small batches (:func:`qspmv_rows`)
     The same loop once per input row while the weight row sits in L1 (the
@@ -50,6 +54,8 @@ Batched SpMM (:func:`qspmm_forward`)
 
 Activation codes are the project's (``kernels.spmm.ACTIVATIONS``, applied by
 ``kernels.spmm._activate``).
+
+(Measurements: benchmarks/README.md, "Design record".)
 """
 from __future__ import annotations
 
@@ -59,7 +65,7 @@ from numba.core import types as _types
 from numba.core.extending import intrinsic
 
 from ._jit import jit, jit_variants, transpose_tile, wide_vectors
-from .spmm import _SETS, WIDTHS, _activate, _SLPDispatcher, nonfinite_rows, pack_block
+from .spmm import _SETS, WIDTHS, _activate, _SLPDispatcher, nonfinite_rows, pack_block, row_nonfinite
 
 __all__ = ["WIDTHS", "qspmm_forward", "qspmv", "qspmv_forward", "qspmv_rows"]
 
@@ -122,9 +128,9 @@ def perm32_dot(typingctx, codes, cols, p0, n_vec, table32, x):
 
     A k-means codebook of at most 32 float32 values (5-bit codes) fits two
     512-bit registers, so each vector of 16 codes becomes 16 weights with one
-    in-register two-table permute (``vpermi2ps``) instead of a second gather:
-    the plain loop gathers from the codebook and from ``x``, and measured
-    1.3-1.6x the float32 SpMV's time at batch 1 with the layer in cache.
+    in-register two-table permute (``vpermi2ps``) instead of a second gather
+    (the plain loop gathers from the codebook and from ``x``, which is what
+    made it slower than the float32 SpMV while the layer is in cache).
     ``table32`` must hold 32 values (pad a smaller codebook); the caller
     guarantees the range and that the CPU has AVX-512F (:data:`HAVE_PERM32`).
     """
@@ -210,10 +216,7 @@ def _qspmv_perm_forward(codes, cols, indptr, table32, X, bias, act, row_starts):
     y = Y[0]
     for t in numba.prange(row_starts.size - 1):
         qspmv_perm32(codes, cols, indptr, table32, x, bias, act, row_starts[t], row_starts[t + 1], y)
-    probe = X.dtype.type(0)
-    for k in range(x.size):
-        probe += x[k] * 0  # 0 for finite values, NaN for NaN or inf
-    return Y, probe != probe
+    return Y, row_nonfinite(x)
 
 
 _qspmv_perm_forward_serial, _qspmv_perm_forward_parallel = jit_variants(_qspmv_perm_forward)
@@ -236,10 +239,7 @@ def _qspmv_forward(codes, cols, indptr, table, rowscale, lookup, X, bias, act, r
     y = Y[0]
     for t in numba.prange(row_starts.size - 1):
         qspmv(codes, cols, indptr, table, rowscale, lookup, x, bias, act, row_starts[t], row_starts[t + 1], y)
-    probe = X.dtype.type(0)
-    for k in range(x.size):
-        probe += x[k] * 0  # 0 for finite values, NaN for NaN or inf
-    return Y, probe != probe
+    return Y, row_nonfinite(x)
 
 
 _qspmv_forward_serial, _qspmv_forward_parallel = jit_variants(_qspmv_forward)

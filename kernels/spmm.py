@@ -1,6 +1,6 @@
 """Sparse (CSR) x dense kernels for inference: ``Y = act(X @ W.T + bias)``.
 
-Raw arrays only: the public layer (``sparseprune.spmm``) validates the CSR
+Raw arrays only: the public layer (``sparseprune.inference.spmm``) validates the CSR
 arrays (sorted, in-range column indices) and the input before any kernel
 runs. The kernels release the GIL; the parallel drivers are ``prange`` loops
 whose iterations write disjoint outputs (no races, no atomics).
@@ -16,10 +16,8 @@ Batched SpMM (:func:`spmm_forward`, :func:`spmm_kernel`)
     one compiled call, each thread packing into its own buffer: in parallel,
     a thread takes whole blocks of 64 batch rows (it packs them and runs every
     weight row on them), or, for batches too small to split that way, packs
-    the whole batch and takes a range of weight rows. Against packing once
-    and sharing the packed input between the threads (the previous design),
-    this measured 1.1x faster at 10% density, batch 256, and 1.3-1.6x at 1%
-    density, batch 16-256 (4096 x 4096, 2 threads).
+    the whole batch and takes a range of weight rows. No core reads input
+    that another core packed.
 
     The weights are reordered once per layer (:func:`tile_csr`): rows in
     chunks of ``rows_per_chunk``, and within a chunk the nonzeros panel by
@@ -28,55 +26,42 @@ Batched SpMM (:func:`spmm_forward`, :func:`spmm_kernel`)
     so the panel (``panel x 64`` values) stays in L1 (L2 for the wide panels
     of sparse layers) while those rows use it;
     the rows' partial sums (``rows_per_chunk x width``) are loaded and
-    stored once per panel. With the whole input block in L2 instead (one
-    panel), a nonzero cost 1.25x more at 10% density (2.21 vs 1.76 ns, one
-    core, 4096 x 4096, batch 64). Panels are narrower for denser layers (see
-    ``sparseprune.spmm._panel_width``).
+    stored once per panel. Panels are narrower for denser layers and for the
+    64-lane kernel (see ``sparseprune.inference.spmm._panel_width``).
 
     The ``width`` accumulators of a row are named scalars, packed into
     vector registers by LLVM's SLP vectoriser; ``sets`` independent sets of
     them take alternate nonzeros, so the FMA latency does not bound narrow
     blocks. Finished rows get bias and activation and are written once,
-    transposed into ``y`` (batch, out): in :func:`transpose_tile` tiles (3%
-    faster than element by element at 10% density, batch 256; 14% at 1%),
-    the rows and lanes that do not fill a tile element by element.
+    transposed into ``y`` (batch, out): in :func:`transpose_tile` tiles, the
+    rows and lanes that do not fill a tile element by element.
+
+    Each nonzero costs a load of its weight and of its 16-bit column offset,
+    one broadcast and the FMAs over the lanes. Unstructured sparsity gives no
+    reuse of a loaded input value across outputs in registers (the way a dense
+    GEMM reuses them), so every FMA needs its own 64-byte load of the packed
+    input; L1 misses on that input and the per-segment work (partial sums,
+    loop exits) are what the kernel's time goes to.
 
 Vector width
     LLVM compiles numba code for 256-bit vectors even on AVX-512 CPUs (the
     ``prefer-256-bit`` tuning of those cores). The SpMM kernels ask for
     512-bit vectors through a per-function attribute
     (:func:`sparseprune.kernels._jit.wide_vectors`): one zmm FMA per 16
-    lanes. Together with the L1-resident panels this took a nonzero from
-    3.1 ns (5% density) to 1.6-1.9 ns (10-30%) per 64 lanes on one core
-    (width 64, 4096 x 4096). The packed input starts on a 64-byte boundary, so each
-    zmm load is one cache line.
-
-Where the batched kernel's time goes (4096 x 4096, 10% density, batch 256, one core)
-    About 1.8 ns per nonzero per 64 lanes (1.6-1.7 ns since the per-thread packing
-    and 512-row chunks), against 0.9-1.0 ns for the same inner
-    loop on data in cache. Keeping the packed input in L1 artificially brings it to
-    1.38 ns: L1 misses on the input cost about 28%, the per-segment work the rest.
-    Tried without gain (within +-5%), when the threads still split W's rows: panel
-    widths 128-1024, chunks of 16-512 rows (with each thread running all of W over
-    its own blocks, 512-row chunks later measured 5-8.5% faster than 128),
-    padding to 1/2/4, 1/2/4 accumulator sets, 128-lane blocks, 32-lane blocks,
-    software prefetch of input rows, two rows' segments in one loop, segments
-    sorted by length, a branch-free grouped layout, alternating row direction.
-    Kept: a flat per-panel view of the input (no per-nonzero add and multiply
-    for the address, 1-4%) and narrower panels for the 64-lane kernel (3-10%).
-    Measured after the per-thread packing: replacing each nonzero's weight by
-    a constant made the kernel 13-15% faster (one load fewer per nonzero;
-    loading it from a small cached array instead gave no gain, so it is the
-    load, not the weight stream); storing weight and column in one 64-bit
-    word (one load, then a shift and a move to a vector register) was 9%
-    slower, and four columns per 64-bit load 8-10% slower.
+    lanes. The packed input starts on a 64-byte boundary, so each zmm load is
+    one cache line.
 
 Batch-1 SpMV (:func:`spmv_forward_parallel`, :func:`spmv_forward_serial`)
-    A dot product per row with four independent partial sums, on plain CSR
-    (16-bit column indices where they fit). Gathers (vgatherdps) were
-    measured 2x slower on this Xeon than the scalar loads.
+    One plain loop per row over views of the row's values and columns, on
+    plain CSR (16-bit column indices where they fit), with reassociation
+    allowed, so LLVM vectorises it with gathers of ``x`` (16 float32 lanes on
+    AVX-512). Threads take nnz-balanced ranges of rows. A few input rows run
+    the same loop once per row while the weight row sits in L1
+    (:func:`spmv_rows_serial` / :func:`spmv_rows_parallel`).
 
 Activation codes (``ACTIVATIONS``): 0 identity, 1 relu, 2 tanh, 3 logistic.
+
+(Measurements, and the designs tried and dropped: benchmarks/README.md, "Design record".)
 """
 from __future__ import annotations
 
@@ -152,6 +137,16 @@ def pack_block(x, xp):
                 xp[k, lane] = x[lane, k]
             for lane in range(n, width):
                 xp[k, lane] = zero
+
+
+@jit
+def row_nonfinite(x):
+    """Whether the 1-D ``x`` holds a NaN or an inf: one vectorised sum of ``x * 0`` (0 for finite
+    values, NaN for NaN and inf; the project's fastmath flags never fold ``x * 0`` to 0)."""
+    probe = x.dtype.type(0)
+    for k in range(x.size):
+        probe += x[k] * 0
+    return probe != probe
 
 
 @jit
@@ -456,8 +451,7 @@ def spmv(data, indices, indptr, x, bias, act, row_starts, y):
 
     One plain loop per row over views of the row's values and columns, with
     reassociation allowed: LLVM vectorises it with gathers (16 float32 lanes
-    on AVX-512). Measured on 4096 x 4096, 2 threads: 1.15-1.5x the
-    throughput of the earlier four-scalar-chains loop at 5-30% density.
+    on AVX-512).
     """
     zero = data.dtype.type(0)
     for t in range(row_starts.size - 1):
@@ -485,10 +479,7 @@ def _spmv_forward(data, indices, indptr, X, bias, act, row_starts):
     y = Y[0]
     for t in numba.prange(row_starts.size - 1):
         spmv(data, indices, indptr, x, bias, act, row_starts[t:t + 2], y)
-    probe = data.dtype.type(0)
-    for k in range(x.size):
-        probe += x[k] * 0  # 0 for finite values, NaN for NaN or inf
-    return Y, probe != probe
+    return Y, row_nonfinite(x)
 
 
 spmv_forward_serial, spmv_forward_parallel = jit_variants(_spmv_forward)

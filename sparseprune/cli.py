@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mask-densities", type=densities, default=None,
                        metavar="LIST", help="kept fractions for the masking sweep (default 0.01,0.1,0.3,0.5)")
     bench.add_argument("--kernels", type=_choice_list(BENCH_KERNELS), default=list(BENCH_KERNELS),
-                       metavar="LIST", help="which sweeps to run: linear,mask (default both)")
+                       metavar="LIST", help="which sweeps to run: linear,mask,dispatch (default all three)")
     bench.add_argument("--model", default=None, metavar="FILE.onnx",
                        help="time your own ONNX model instead of the sweeps: onnxruntime on the file, bare numpy "
                             "on its dense weights, and sparseprune serving it, at batches 1 and 256 (or "
@@ -535,7 +535,7 @@ def _check_model_file(path: str) -> tuple:
 def _cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     t_start = time.perf_counter()
     run = _make_run(args, min_time=0.02)
-    # Time each implementation as a group after a pause (see _measure.compare):
+    # Time each implementation as a group after a pause (see studies.measure.compare):
     # BLAS's spinning workers would otherwise slow whatever runs next.
     run.settle = 0.02 if args.quick else 0.15
     doc = _header("bench", run, argv)

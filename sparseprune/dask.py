@@ -504,8 +504,8 @@ def _map(model, X, method: str, block_rows) -> da.Array:
         return da.map_blocks(_run_block, X, payload, chunks=(X.chunks[0], tail), **common)
     # Labels drop the feature axis. map_blocks(drop_axis=1) would hand each block
     # through np.concatenate over that (single-chunk) axis: a copy of the whole
-    # input block per task (measured: ~40 ms of a 90 ms task at 42 799 x 784
-    # float32). blockwise with concatenate=False passes the block itself.
+    # input block per task, a large share of the task's time (benchmarks/README.md,
+    # "Design record"). blockwise with concatenate=False passes the block itself.
     del common["dtype"], common["meta"], common["name"]
     return da.blockwise(_run_block, "i", X, "ij", payload, None, concatenate=False, dtype=dtype, meta=meta,
                         name=name, **common)
@@ -660,9 +660,9 @@ def connect(address: str, *, timeout: float = DEFAULT_TIMEOUT, n_workers: int | 
         # Dask's nanny starts workers with OMP/MKL/OPENBLAS_NUM_THREADS=1 (so BLAS can never use
         # more than one thread, whatever a task asks) and MALLOC_TRIM_THRESHOLD_=65536 (which
         # turns off glibc's adaptive mmap threshold: every large temporary is a fresh mmap, its
-        # pages faulted in on each call; measured +25 % on a 42 799-row predict of a
-        # 784-300-100-10 MLP). Threads are shared out per task here (task_threads), so
-        # this cluster's workers start without either setting.
+        # pages faulted in on each call; figures in benchmarks/README.md, "Design record").
+        # Threads are shared out per task here (task_threads), so this cluster's workers start
+        # without either setting.
         cores = str(_usable_cores())
         env = {"OMP_NUM_THREADS": cores, "OPENBLAS_NUM_THREADS": cores, "MKL_NUM_THREADS": cores}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):

@@ -199,6 +199,19 @@ def _check_index_bits(index_bits) -> int:
     return int(index_bits)
 
 
+def _int_rows(values, indptr, values_name: str, indptr_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` split into rows by ``indptr`` (CSR-style), both checked and as int64."""
+    v = np.asarray(values)
+    ptr = np.asarray(indptr)
+    if v.ndim != 1 or ptr.ndim != 1 or (v.size and v.dtype.kind not in "iu") or ptr.dtype.kind not in "iu":
+        raise TypeError(f"{values_name} and {indptr_name} must be 1-D integer arrays.")
+    v = v.astype(np.int64)
+    ptr = ptr.astype(np.int64)
+    if ptr.size == 0 or ptr[0] != 0 or ptr[-1] != v.size or np.any(np.diff(ptr) < 0):
+        raise ValueError(f"{indptr_name} must start at 0, never decrease and end at len({values_name}).")
+    return v, ptr
+
+
 def encode_gaps(indices, indptr, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Column indices as relative gaps of ``index_bits`` bits, with filler entries where a gap overflows.
 
@@ -231,14 +244,7 @@ def encode_gaps(indices, indptr, index_bits: int) -> tuple[np.ndarray, np.ndarra
     ([0, 1, 15, 15, 7], [0, 5])
     """
     b = _check_index_bits(index_bits)
-    ind = np.asarray(indices)
-    ptr = np.asarray(indptr)
-    if ind.ndim != 1 or ptr.ndim != 1 or (ind.size and ind.dtype.kind not in "iu") or ptr.dtype.kind not in "iu":
-        raise TypeError("indices and indptr must be 1-D integer arrays.")
-    ind = ind.astype(np.int64)
-    ptr = ptr.astype(np.int64)
-    if ptr.size == 0 or ptr[0] != 0 or ptr[-1] != ind.size or np.any(np.diff(ptr) < 0):
-        raise ValueError("indptr must start at 0, never decrease and end at len(indices).")
+    ind, ptr = _int_rows(indices, indptr, "indices", "indptr")
     M = (1 << b) - 1
     n = ind.size
     # Previous column in the same row (-1 at a row start).
@@ -279,14 +285,7 @@ def decode_gaps(gaps, stored_indptr, index_bits: int, n_cols: int | None = None)
     indptr : ndarray of int64
     """
     b = _check_index_bits(index_bits)
-    g = np.asarray(gaps)
-    ptr = np.asarray(stored_indptr)
-    if g.ndim != 1 or ptr.ndim != 1 or (g.size and g.dtype.kind not in "iu") or ptr.dtype.kind not in "iu":
-        raise TypeError("gaps and stored_indptr must be 1-D integer arrays.")
-    g = g.astype(np.int64)
-    ptr = ptr.astype(np.int64)
-    if ptr.size == 0 or ptr[0] != 0 or ptr[-1] != g.size or np.any(np.diff(ptr) < 0):
-        raise ValueError("stored_indptr must start at 0, never decrease and end at len(gaps).")
+    g, ptr = _int_rows(gaps, stored_indptr, "gaps", "stored_indptr")
     M = (1 << b) - 1
     if g.size and (g.min() < 0 or g.max() > M):
         raise ValueError(f"gap fields must lie in [0, {M}] for index_bits={b}.")
@@ -1060,8 +1059,8 @@ def centroid_gradients(Q: QuantizedCSR, grad) -> np.ndarray:
 #: A quantized layer whose float32 CSR (values, 16/32-bit columns, row pointers) would take at
 #: most this many bytes may also run the float sparse kernel on a dequantized copy, if measured
 #: faster. Below the last-level cache the float kernel's per-nonzero value load is cheap and the
-#: k-means codebook gather is not (measured at batch 1 on 4096 x 4096: k-means kernels 1.26-1.6x
-#: slower than float32 in cache, 0.80-0.87x out of it); above it the codes' smaller stream wins.
+#: k-means codebook gather is not; above it the codes' smaller stream wins (measurements:
+#: benchmarks/README.md, "Design record").
 FLOAT_COPY_MAX_BYTES = 64 << 20
 
 

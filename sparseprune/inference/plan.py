@@ -21,6 +21,8 @@ here, measured on the real calls (:mod:`sparseprune.inference.dispatch`):
 The plan keeps its own copies of the weights in the fused layout; the
 per-layer path uses the layers' own prepared operators. A model modified from
 another thread during a call gives the old model's answer.
+
+(Measurements: benchmarks/README.md, "Design record".)
 """
 from __future__ import annotations
 
@@ -40,9 +42,8 @@ __all__ = ["ModelPlan"]
 
 #: Calls of up to this many multiply-adds (rows x per-row work) and rows may
 #: run the fused whole-network kernel. It reads every weight once per input
-#: row, where the batched per-layer kernels read it once per 8-64 rows:
-#: measured, layer by layer was already 2.4x faster per row at batch 16
-#: (784-300-100-10 at 95% sparsity) and 4x at batch 256 (64-300-100-10).
+#: row, where the batched per-layer kernels read it once per 8-64 rows, so
+#: beyond a few rows layer by layer is faster.
 FUSED_MAX_WORK = 4_000_000
 FUSED_MAX_ROWS = 8
 #: In the fused kernel a CSR layer runs as a sparse gather dot product up to

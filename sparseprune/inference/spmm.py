@@ -22,21 +22,22 @@ path is numpy's own product, so it also emits numpy's RuntimeWarnings
 Threads: the sparse kernels run on ``numba.get_num_threads()`` threads, the
 dense path on BLAS's; :func:`sparseprune.thread_limit` sets both at once. The
 parallel kernels are numba ``prange`` loops, on a thread-safe numba threading
-layer (TBB or OpenMP; OpenMP here), safe to enter from several Python threads
-at once (see :mod:`sparseprune.inference.threads`; a launch costs a few
-microseconds, against 100-150 us for the Python thread pool used before).
-A batch is split between the threads by blocks of 64 input rows, each thread
-packing and multiplying its own (see :func:`_forward_plan`); batches too
-small for that, and the batch-1 SpMV, split nnz-balanced ranges of weight
+layer (TBB preferred, else OpenMP), safe to enter from several Python threads
+at once (see :mod:`sparseprune.inference.threads`); a launch costs a few
+microseconds. A batch is split between the threads by blocks of 64 input
+rows, each thread packing and multiplying its own (see :func:`_forward_plan`);
+batches too small for that, and the batch-1 SpMV, split nnz-balanced ranges of weight
 rows. Small products stay on the calling thread (``threads.SERIAL_WORK``: one
 table for every kernel family).
 
 A multi-threaded BLAS call leaves OpenBLAS's worker threads spinning for
-about 0.1 s; parallel sparse kernels run in that window were measured 2-3x
-slower (the spinning thread holds a core). Inside an MLP, short dense layers
-among sparse ones therefore run BLAS on one thread (``SMALL_DENSE_S``);
-``OPENBLAS_THREAD_TIMEOUT`` (set before numpy loads OpenBLAS) shortens the
-window for programs that alternate large dense and sparse products.
+about 0.1 s, and a parallel sparse kernel run in that window shares the cores
+with them. Inside an MLP, short dense layers among sparse ones therefore run
+BLAS on one thread (``SMALL_DENSE_S``); ``OPENBLAS_THREAD_TIMEOUT`` (set before
+numpy loads OpenBLAS) shortens the window for programs that alternate large
+dense and sparse products.
+
+(Measurements, and the designs tried and dropped: benchmarks/README.md, "Design record".)
 """
 from __future__ import annotations
 
@@ -71,15 +72,14 @@ _METHODS = ("auto", "dense", "sparse")
 #: runs on one thread: a second BLAS thread saves at most this much, while
 #: BLAS's idle workers would then spin-wait against the parallel sparse
 #: kernels of the next layers for far longer (see
-#: ``_threading.single_thread_blas``; measured: a 95%-pruned 1024-4096-4096-10
-#: MLP at batch 256 took 16 ms instead of 6.7 ms with a 2-thread output layer).
-#: Longer products, like a large matrix-vector product that needs both
-#: cores' memory bandwidth, keep all BLAS threads.
+#: ``threads.single_thread_blas``). Longer products, like a large
+#: matrix-vector product that needs both cores' memory bandwidth, keep all
+#: BLAS threads.
 SMALL_DENSE_S = 3e-4
 #: Products below this many multiply-adds are left alone: OpenBLAS runs them
 #: on one thread anyway (its GEMM threading threshold is 65536 x 4 = 2^18
-#: for m * n * k), and switching its thread count costs about 8 us per switch
-#: (measured: a 10 x 100 output layer at batch 256 went from 28 to 45 us).
+#: for m * n * k), and switching its thread count costs about 8 us per switch,
+#: more than such a product takes.
 BLAS_THREADED_MACS = 1 << 18
 #: Output rows per chunk of the tiled SpMM layout (their partial sums, 128 x
 #: 64 lanes, stay in L1/L2 while the chunk's panels go by). Ranges of whole
@@ -87,26 +87,24 @@ BLAS_THREADED_MACS = 1 << 18
 ROWS_PER_CHUNK = 128
 #: Rows per chunk in the layout read when each thread runs all of W over its
 #: own input blocks (no split of W's rows to balance): a panel of the packed
-#: input then serves 512 rows before the next. Against 128, measured at 4096 x
-#: 4096, batch 256, 2 threads: 5% faster at 10% density, 3% at 5%, 8.5% at 30%,
-#: equal at 1%. Splitting rows by such chunks was 10% slower (30%, batch 64).
+#: input then serves 512 rows before the next. Splits of W's rows between
+#: threads keep ROWS_PER_CHUNK (512-row chunks measured slower there).
 BLOCK_ROWS_PER_CHUNK = 512
 #: Panel sizing (see _panel_width): nonzeros wanted per row and panel, and
 #: the narrowest panel.
 PANEL_NNZ = 48
 MIN_PANEL = 128
 #: The 64-lane kernel (full batch blocks) wants panels this many times
-#: narrower: its panel of the packed input is 4x the 16-lane kernel's, and at
-#: 10% density, batch 256, panels of 256 instead of 512 features measured
-#: 3-5% faster (2-8% at 30%; even at 1-5%), while the 16-lane kernel got
-#: 15% slower with them. A layer keeps each layout it has used (6 bytes
-#: per nonzero each): up to two panel widths times two chunk sizes (see
+#: narrower: its panel of the packed input is 4x the 16-lane kernel's, so it
+#: needs fewer features per panel to stay in L1; the narrower kernels keep
+#: PANEL_NNZ. A layer keeps each layout it has used (6 bytes per nonzero
+#: each): up to two panel widths times two chunk sizes (see
 #: BLOCK_ROWS_PER_CHUNK).
 WIDE_PANEL_DIVISOR = 2
 #: Segments of the tiled layout are padded to a multiple of this many nonzeros:
 #: the two accumulator sets of the 64-lane kernel (large batches) then need no
-#: remainder step. The narrower kernels have four sets and keep theirs; padding
-#: to 4 measured 3% slower at 10% density, batch 256.
+#: remainder step. The narrower kernels have four sets and keep their remainder
+#: step (padding them to 4 measured slower).
 PAD_TO = 2
 #: Most bytes of packed buffers a thread keeps for reuse (beyond: allocated per call).
 SCRATCH_MAX_BYTES = 64 << 20
@@ -116,10 +114,11 @@ _ALIGN = 64
 PARTS_PER_THREAD = 4
 #: Batches of up to this many rows, or of at most ROWS_MAX_WORK multiply-adds,
 #: run the SpMV once per input row (kernels.spmm.spmv_rows_*) instead of
-#: packing X for the SpMM kernels, whose fixed cost is 10-20 us. Measured on
-#: 2 threads: at batch 2 the row kernel was 1.6-2.6x faster from 85 x 38 to
-#: 4096 x 4096 (1-10% density); at batch 4 and above the SpMM kernels won
-#: on large layers (2.2x at 4096 x 4096, 10%), the row kernel on small ones.
+#: packing X for the SpMM kernels, whose fixed cost is 10-20 us. The row
+#: kernel runs one gathered dot product per input row and weight row, while
+#: the SpMM kernels use each loaded weight for a whole block of rows: from a few
+#: rows on, they win on large layers despite the packing (ROWS_MAX_WORK keeps
+#: small layers on the row kernel).
 ROWS_MAX_BATCH = 2
 ROWS_MAX_WORK = 32_000
 
@@ -517,12 +516,8 @@ def _forward_plan(n_batch: int, n_threads: int, parallel: bool) -> list:
     per thread (``by_rows=False``: each thread packs and multiplies its own
     blocks); the blocks left over (fewer than the threads, or a batch of at
     most 64) are split by weight rows instead (``by_rows=True``: every thread
-    packs them and takes an nnz-balanced range of rows). Measured at 4096 x
-    4096 on 2 threads: 64-row blocks per thread beat splitting rows by
-    10-12% (10-50% density, batch 256), and splitting rows beat narrower
-    blocks per thread (32, 16 or 8 rows) by 4-84% at batch 16-64 and 10-30%
-    density. At 1% density, batch 64, 32-row blocks were 19% faster; the one
-    rule keeps splitting rows there.
+    packs them and takes an nnz-balanced range of rows). The leftover is never
+    cut into narrower blocks per thread, at any density (one rule).
     Serially, full blocks of 64 and then the rest in the narrowest width that holds it.
     """
     if n_batch == 0:
@@ -865,7 +860,7 @@ class SparseLinear:
         if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype == self.dtype and X.shape[1] == self.shape[1]
                 and (X.flags.c_contiguous or X.flags.f_contiguous)):
             # The common case above needs none of the checks (kept off the per-call path: see
-            # _threading._num_threads_now for what a few microseconds there cost a BLAS call).
+            # threads._num_threads_now for what a few microseconds there cost a BLAS call).
             X = _check_input(X, self.shape[1], self.dtype)
         n_threads = _num_threads_now()
         batch = X.shape[0]

@@ -25,10 +25,10 @@ def _preload_tbb() -> bool:
     The ``tbb`` wheel puts ``libtbb.so.12`` in ``<prefix>/lib``, which is not on
     the dynamic loader's path, so numba cannot load its TBB layer and falls
     back to OpenMP. Loading the library once by its full path (``RTLD_GLOBAL``)
-    lets numba's layer resolve it. Why TBB: on the project's 2-core VM a
-    trivial OpenMP parallel region took 31 us back to back but 3.9-5.6 ms
-    after a pause of 10 ms or more (libgomp's sleeping workers wake slowly),
-    TBB's 34 us and 74-180 us.
+    lets numba's layer resolve it. Why TBB: libgomp's workers, once asleep
+    after a pause, take milliseconds to wake for the next parallel region;
+    TBB's wake in well under a millisecond, at a slightly dearer launch
+    (measurements: benchmarks/README.md, "Design record").
     """
     import ctypes
     import sys
@@ -122,10 +122,11 @@ def _num_threads_now() -> int:
 #: When a kernel with a parallel variant runs it: from this much work per call, in the
 #: unit of each kernel family, and with at least two numba threads. Below it, a
 #: parallel launch (and waking a sleeping worker) costs more than the split saves.
-#: Break-evens measured on the 2-core machine (benchmarks/README.md):
+#: The spmm and spmv values sit above break-evens measured on the 2-core machine
+#: (benchmarks/README.md, "Design record").
 SERIAL_WORK = {
-    "spmm": 1_000_000,        # multiply-adds (nnz x batch) of a batched sparse product: ~0.8M
-    "spmv": 32_000,           # nonzeros of a matrix-vector product: ~8k, plus a margin for a worker's wake-up
+    "spmm": 1_000_000,        # multiply-adds (nnz x batch) of a batched sparse product
+    "spmv": 32_000,           # nonzeros of a matrix-vector product, with a margin for a worker's wake-up
     "fused": 400_000,         # multiply-adds per call of the fused whole-model kernel (rows split)
     "masking": 1 << 15,       # matrix entries read by a masking kernel
     "activation_stats": 1 << 18,  # activations scored for neuron elimination

@@ -12,7 +12,7 @@ from sparseprune.pruning.masking import global_magnitude_prune, magnitude_prune
 
 
 # ---------------------------------------------------------------------------
-# Inference. predict / predict_proba run the model's plan (sparseprune/plan.py,
+# Inference. predict / predict_proba run the model's plan (sparseprune/inference/plan.py,
 # ``_BaseMLP.plan_``); ``_layer_forward`` is the layer-by-layer pass that
 # eliminate_neurons uses to read hidden activations.
 # ---------------------------------------------------------------------------

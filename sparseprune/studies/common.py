@@ -63,7 +63,7 @@ class Run:
                     disable=None)
 
     def time(self, fns: dict[str, Callable[[], object]]) -> dict:
-        """Interleaved timings (see _measure.compare) as JSON-ready dicts."""
+        """Interleaved timings (see studies.measure.compare) as JSON-ready dicts."""
         res = compare(fns, repeats=self.repeats, warmup=self.warmup, min_time=self.min_time, settle=self.settle)
         return {k: t.to_dict() for k, t in res.items()}
 

@@ -40,7 +40,7 @@ def _tree_stats(est, X_test: np.ndarray, y_test: np.ndarray, nodes0: int) -> dic
 
 
 def _pooled_split_gains(est) -> np.ndarray:
-    """Weighted impurity decrease of every split (``_tree_prune.split_gains``), pooled over the trees."""
+    """Weighted impurity decrease of every split (``trees.prune.split_gains``), pooled over the trees."""
     from sparseprune.trees.prune import split_gains
 
     gains = []
