@@ -1,4 +1,4 @@
-"""Masking kernels against plain-numpy references written for clarity, and against scipy."""
+"""Masking kernels against the plain-numpy references in naive.py, and against scipy."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,63 +9,10 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from naive import ref_global, ref_magnitude, ref_magnitude_rows, ref_nm, ref_threshold
 
 import sparseprune
 from sparseprune._validation import index_dtype
-
-
-# ---------------------------------------------------------------- references
-def ref_threshold(W, t):
-    """Keep |w| >= t, compared as real numbers (float64 holds every float32 exactly)."""
-    keep = np.abs(W.astype(np.float64)) >= t
-    return np.where(keep, W, 0).astype(W.dtype)
-
-
-def ref_remove_smallest(flat_abs, k):
-    """Boolean keep-vector: drop the k smallest, ties broken by lower position first."""
-    order = np.lexsort((np.arange(flat_abs.size), flat_abs))
-    keep = np.ones(flat_abs.size, bool)
-    keep[order[:k]] = False
-    return keep
-
-
-def ref_magnitude(W, sparsity):
-    k = int(round(sparsity * W.size))
-    keep = ref_remove_smallest(np.abs(W).ravel(order="C"), k).reshape(W.shape)
-    return np.where(keep, W, 0)
-
-
-def ref_magnitude_rows(W, sparsity):
-    k = int(round(sparsity * W.shape[1]))
-    out = np.zeros_like(W)
-    for i in range(W.shape[0]):
-        keep = ref_remove_smallest(np.abs(W[i]), k)
-        out[i] = np.where(keep, W[i], 0)
-    return out
-
-
-def ref_global(mats, sparsity):
-    total = sum(M.size for M in mats)
-    k = int(round(sparsity * total))
-    flat = np.concatenate([np.abs(M).ravel(order="C") for M in mats]) if mats else np.array([])
-    keep = ref_remove_smallest(flat, k)
-    out, pos = [], 0
-    for M in mats:
-        out.append(np.where(keep[pos:pos + M.size].reshape(M.shape), M, 0))
-        pos += M.size
-    return out
-
-
-def ref_nm(W, n, m):
-    out = np.zeros_like(W)
-    for i in range(W.shape[0]):
-        for g0 in range(0, W.shape[1], m):
-            cols = np.arange(g0, min(g0 + m, W.shape[1]))
-            # largest magnitude first; among equals the lower column first
-            order = sorted(cols, key=lambda j: (-abs(float(W[i, j])), j))
-            for j in order[:n]:
-                out[i, j] = W[i, j]
-    return out
 
 
 def assert_canonical_equal(S, expected, dtype):

@@ -1,6 +1,6 @@
 """MLP estimators: training, accuracy targets, pruning, fine-tuning, neuron elimination, reports.
 
-References are independent: a plain-numpy forward pass kept in this file,
+References are independent: the plain-numpy forward pass ref_mlp (naive.py),
 scikit-learn's own MLP, and counts computed here from the weights.
 """
 import copy
@@ -8,9 +8,9 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import sparse
 from sklearn.datasets import load_digits, make_regression
 from sklearn.exceptions import NotFittedError
+from naive import model_layers, ref_mlp
 from sklearn.model_selection import train_test_split
 
 from sparseprune import MLPClassifier, MLPRegressor
@@ -18,23 +18,7 @@ from sparseprune import MLPClassifier, MLPRegressor
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
-# ---------------------------------------------------------------- references
-def naive_forward(layers, X, activation="relu"):
-    """Raw network output from (W, b) pairs, in float64, with numpy only."""
-    H = np.asarray(X, dtype=np.float64)
-    for i, (W, b) in enumerate(layers):
-        W = W.toarray() if sparse.issparse(W) else np.asarray(W)
-        H = H @ W.astype(np.float64).T + b.astype(np.float64)
-        if i < len(layers) - 1:
-            H = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh,
-                 "logistic": lambda z: 1 / (1 + np.exp(-z)), "identity": lambda z: z}[activation](H)
-    return H
-
-
-def wb(model):
-    return [(layer.weight, layer.bias) for layer in model.layers_]
-
-
+# ---------------------------------------------------------------- helpers
 def accuracy(model, X, y):
     return float(np.mean(model.predict(X) == y))
 
@@ -68,7 +52,7 @@ def test_dense_digits_accuracy_at_least_97(dense_model, digits):
 
 def test_predict_matches_numpy_forward(dense_model, digits):
     Xte = digits[1]
-    logits = naive_forward(wb(dense_model), Xte)
+    logits = ref_mlp(model_layers(dense_model), Xte)
     P = np.exp(logits - logits.max(1, keepdims=True))
     P /= P.sum(1, keepdims=True)
     np.testing.assert_allclose(dense_model.predict_proba(Xte), P, atol=1e-4)
@@ -94,7 +78,7 @@ def test_other_solvers_and_activations_learn(digits, solver, activation):
     m.fit(Xtr, ytr)
     assert accuracy(m, Xte, yte) > 0.9
     np.testing.assert_allclose(m.predict_proba(Xte).sum(1), 1, rtol=1e-5)
-    logits = naive_forward(wb(m), Xte, activation)
+    logits = ref_mlp(model_layers(m), Xte, activation)
     np.testing.assert_array_equal(m.predict(Xte), m.classes_[np.argmax(logits, 1)])
 
 
@@ -104,7 +88,7 @@ def test_binary_uses_one_logistic_unit(digits):
     m = MLPClassifier((16,), max_iter=50, random_state=0).fit(Xtr[sel], np.where(ytr[sel] == 1, "one", "zero"))
     assert m.layers_[-1].shape[0] == 1 and m.out_activation_ == "logistic"
     P = m.predict_proba(Xte)
-    z = naive_forward(wb(m), Xte)[:, 0]
+    z = ref_mlp(model_layers(m), Xte)[:, 0]
     np.testing.assert_allclose(P[:, 1], 1 / (1 + np.exp(-z)), atol=1e-5)
     assert set(m.predict(Xte)) <= {"one", "zero"}
 
@@ -121,10 +105,10 @@ def test_regressor_fits_prunes_and_matches_numpy():
     y = y / y.std()
     m = MLPRegressor((64,), max_iter=300, learning_rate_init=1e-2, random_state=0).fit(X, y)
     assert m.score(X, y) > 0.95
-    np.testing.assert_allclose(m.predict(X), naive_forward(wb(m), X)[:, 0], atol=1e-4)
+    np.testing.assert_allclose(m.predict(X), ref_mlp(model_layers(m), X)[:, 0], atol=1e-4)
     m.prune(sparsity=0.5)
     assert all(layer.is_sparse for layer in m.layers_)
-    np.testing.assert_allclose(m.predict(X), naive_forward(wb(m), X)[:, 0], atol=1e-4)
+    np.testing.assert_allclose(m.predict(X), ref_mlp(model_layers(m), X)[:, 0], atol=1e-4)
     Y2 = np.c_[y, -y]
     m2 = MLPRegressor((16,), max_iter=100, random_state=0).fit(X, Y2)
     assert m2.predict(X).shape == (300, 2)
@@ -147,7 +131,8 @@ def test_prune_global_keeps_the_largest_weights(model, digits):
         ref = np.where(np.abs(W) > cut, W, 0)
         np.testing.assert_array_equal(layer.weight.toarray(), ref)
     assert abs(total_density(model) - 0.1) < 1e-3
-    np.testing.assert_array_equal(model.predict(digits[1]), model.classes_[naive_forward(wb(model), digits[1]).argmax(1)])
+    logits = ref_mlp(model_layers(model), digits[1])
+    np.testing.assert_array_equal(model.predict(digits[1]), model.classes_[logits.argmax(1)])
 
 
 def test_prune_layer_scope_and_threshold(model):
@@ -242,7 +227,7 @@ def test_elimination_combines_with_weight_pruning(model, digits, order):
     assert n_hidden(model) <= 0.7 * 400 + 2
     for a, b in zip(model.layers_[:-1], model.layers_[1:]):
         assert a.shape[0] == b.shape[1] == a.bias.shape[0]
-    np.testing.assert_array_equal(model.predict(Xte), model.classes_[naive_forward(wb(model), Xte).argmax(1)])
+    np.testing.assert_array_equal(model.predict(Xte), model.classes_[ref_mlp(model_layers(model), Xte).argmax(1)])
     model.fine_tune(Xtr, ytr, epochs=5)
     assert accuracy(model, Xte, yte) > 0.95
 
@@ -378,7 +363,7 @@ def test_pruned_forward_through_consecutive_sparse_layers(model, digits, n):
     finally:
         sparseprune.set_calibration(None)
     assert out.shape == (n, 10) and out.flags.c_contiguous
-    np.testing.assert_allclose(out, naive_forward(wb(model), Xte), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, ref_mlp(model_layers(model), Xte), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("in_dtype", [np.float32, np.float64, np.int64])

@@ -1,8 +1,8 @@
 """A quantized MLP (model.quantize): predictions, centroid fine-tuning, stored bytes, save/load, interop.
 
-References are plain numpy: the forward pass on the dequantized weights
-rebuilt here from the codes (codebook[code] or code * scale[row]), and
-scikit-learn / onnxruntime for the exports.
+References are plain numpy (naive.py): the forward pass ref_mlp on the
+weights rebuilt from the codes by ref_dequantize (codebook[code] or
+code * scale[row]), and scikit-learn / onnxruntime for the exports.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
+from naive import model_layers, ref_mlp
 
 import sparseprune
 from sparseprune import MLPClassifier, MLPRegressor
@@ -34,27 +36,9 @@ def pruned(digits):
     return m.prune(0.9)
 
 
-def weights_from_codes(Q):
-    """The layer's dense weights rebuilt from its codes with numpy only."""
-    W = np.zeros(Q.shape, np.float64)
-    rows = np.repeat(np.arange(Q.shape[0]), np.diff(Q.indptr))
-    if Q.scheme == "kmeans":
-        W[rows, Q.indices] = np.asarray(Q.codebook, np.float64)[Q.codes]
-    else:
-        W[rows, Q.indices] = Q.codes.astype(np.float64) * np.asarray(Q.scales, np.float64)[rows]
-    return W
-
-
-def forward(model, X):
-    H = X.astype(np.float64)
-    L = len(model.layers_)
-    for i, layer in enumerate(model.layers_):
-        W = weights_from_codes(layer.quant) if layer.quant is not None else layer.dense_weight()
-        H = H @ W.T + layer.bias
-        if i < L - 1:
-            H = np.maximum(H, 0)
-    E = np.exp(H - H.max(1, keepdims=True))
-    return E / E.sum(1, keepdims=True)
+def expected_proba(model, X):
+    """A classifier's probabilities by the plain-numpy forward pass, quantized weights rebuilt from their codes."""
+    return ref_mlp(model_layers(model), X, out="softmax")
 
 
 @pytest.mark.parametrize("scheme, bits, index_bits", [("kmeans", 4, 5), ("kmeans", 5, None), ("kmeans", 8, 8),
@@ -65,7 +49,7 @@ def test_quantized_model_predicts_like_numpy(pruned, digits, scheme, bits, index
     q = copy.deepcopy(pruned).quantize(bits=bits, scheme=scheme, index_bits=index_bits)
     assert all(layer.quant is not None and layer.quant.bits == bits for layer in q.layers_)
     Xb = np.ascontiguousarray(X[:batch])
-    np.testing.assert_allclose(q.predict_proba(Xb), forward(q, Xb), rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(q.predict_proba(Xb), expected_proba(q, Xb), rtol=1e-4, atol=2e-6)
     # the plan runs the quantized kernels on the layer-by-layer path
     assert "quantized" in q.plan_.explain()
     # structure kept: the pruned zeros stay zeros
@@ -78,7 +62,7 @@ def test_dense_layers_quantize_too(digits):
         warnings.simplefilter("ignore")
         m = MLPClassifier((32,), max_iter=20, random_state=0).fit(X, y)
     q = copy.deepcopy(m).quantize(bits=8, scheme="linear", index_bits=None)
-    np.testing.assert_allclose(q.predict_proba(X), forward(q, X), rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(q.predict_proba(X), expected_proba(q, X), rtol=1e-4, atol=2e-6)
     assert np.mean(q.predict(X) == m.predict(X)) > 0.97
 
 
@@ -95,7 +79,7 @@ def test_centroid_fine_tuning_trains_shared_values_only(pruned, digits):
         np.testing.assert_array_equal(lay.quant.indices, ind)      # same zeros
         assert not np.array_equal(lay.quant.codebook, cb)          # trained centroids
         assert np.unique(lay.weight.data).size <= 8                # still 2**3 shared values
-    np.testing.assert_allclose(q.predict_proba(X[:50]), forward(q, X[:50]), rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(q.predict_proba(X[:50]), expected_proba(q, X[:50]), rtol=1e-4, atol=2e-6)
 
 
 def test_linear_fine_tuning_trains_scales(pruned, digits):
@@ -105,7 +89,7 @@ def test_linear_fine_tuning_trains_scales(pruned, digits):
     q.fine_tune(X, y, epochs=2)
     for lay, c in zip(q.layers_, codes):
         np.testing.assert_array_equal(lay.quant.codes, c)
-    np.testing.assert_allclose(q.predict_proba(X[:50]), forward(q, X[:50]), rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(q.predict_proba(X[:50]), expected_proba(q, X[:50]), rtol=1e-4, atol=2e-6)
 
 
 def test_stored_bytes_are_what_save_writes(pruned, tmp_path):
@@ -149,10 +133,10 @@ def test_to_sklearn_and_onnx_dequantize(pruned, digits):
     X, _ = digits
     q = copy.deepcopy(pruned).quantize(bits=4, scheme="kmeans", index_bits=5)
     sk = q.to_sklearn()
-    np.testing.assert_allclose(sk.predict_proba(X.astype(np.float64)), forward(q, X), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sk.predict_proba(X.astype(np.float64)), expected_proba(q, X), rtol=1e-4, atol=1e-6)
     ort = pytest.importorskip("onnxruntime")
     sess = ort.InferenceSession(q.to_onnx().SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(["probabilities"], {"X": X})[0], forward(q, X), rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(sess.run(["probabilities"], {"X": X})[0], expected_proba(q, X), rtol=1e-4, atol=2e-6)
 
 
 def test_regressor_float64_and_pruning_after(digits):
@@ -165,8 +149,7 @@ def test_regressor_float64_and_pruning_after(digits):
         r = MLPRegressor.from_sklearn(SkMLP(hidden_layer_sizes=(24,), max_iter=20, random_state=0).fit(X64, y / 9.0))  # float64
     r.prune(0.8).quantize(bits=6, scheme="kmeans", index_bits=8)
     assert r.layers_[0].quant.dtype == np.float64
-    H = np.maximum(X64 @ weights_from_codes(r.layers_[0].quant).T + r.layers_[0].bias, 0)
-    ref = (H @ weights_from_codes(r.layers_[1].quant).T + r.layers_[1].bias)[:, 0]
+    ref = ref_mlp(model_layers(r), X64)[:, 0]  # the weights rebuilt from the codes
     np.testing.assert_allclose(r.predict(X64), ref, rtol=1e-10, atol=1e-12)
     r.prune(0.9)   # back to float weights
     assert all(lay.quant is None and sp.issparse(lay.weight) for lay in r.layers_)

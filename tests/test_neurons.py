@@ -1,43 +1,14 @@
-"""Neuron scores and removal against plain-numpy references kept in this file."""
+"""Neuron scores and removal against the plain-numpy references in naive.py."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import ref_activation_stats, ref_remove_neurons, ref_weight_norms
 from scipy import sparse
 
 from sparseprune.pruning.neurons import activation_scores, remove_neurons, weight_norm_scores
 
 DTYPES = [np.float32, np.float64]
-
-
-# ---------------------------------------------------------------- naive references
-def naive_stats(A):
-    A = A.astype(np.float64)
-    return {
-        "mean_abs": np.abs(A).mean(axis=0),
-        "max_abs": np.abs(A).max(axis=0),
-        "apoz": (A == 0).mean(axis=0),
-        "min": A.min(axis=0),
-        "max": A.max(axis=0),
-        "constant": np.array([len(set(A[:, j].tolist())) == 1 for j in range(A.shape[1])]),
-    }
-
-
-def naive_norms(W, ord, direction):
-    D = W.toarray() if sparse.issparse(W) else np.asarray(W)
-    D = D.astype(np.float64)
-    axis = 1 if direction == "incoming" else 0
-    return np.abs(D).sum(axis=axis) if ord == 1 else np.sqrt((D ** 2).sum(axis=axis))
-
-
-def naive_remove(W, b, W2, b2, keep, values):
-    W = W.toarray() if sparse.issparse(W) else W
-    W2 = W2.toarray() if sparse.issparse(W2) else W2
-    out_b2 = b2.astype(np.float64).copy()
-    for i in range(len(keep)):
-        if not keep[i]:
-            out_b2 += values[i] * W2[:, i].astype(np.float64)
-    return W[keep], b[keep], W2[:, keep], out_b2
 
 
 def relu_acts(rng, n, k, dtype, dead=()):
@@ -58,7 +29,7 @@ def test_activation_scores_match_numpy(dtype, n, k, seed):
         A[:, 3] = 0.25  # a constant, non-zero neuron
     before = A.copy()
     got = activation_scores(A)
-    ref = naive_stats(A)
+    ref = ref_activation_stats(A)
     np.testing.assert_array_equal(A, before)
     for key in ("max_abs", "apoz", "min", "max", "constant"):
         np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
@@ -71,7 +42,7 @@ def test_activation_scores_match_numpy(dtype, n, k, seed):
 def test_activation_scores_parallel_path_matches():
     rng = np.random.default_rng(1)
     A = relu_acts(rng, 600, 500, np.float32, dead=[0, 499])  # above the parallel threshold
-    got, ref = activation_scores(A), naive_stats(A)
+    got, ref = activation_scores(A), ref_activation_stats(A)
     for key in ("max_abs", "apoz", "constant"):
         np.testing.assert_array_equal(got[key], ref[key])
     np.testing.assert_allclose(got["mean_abs"], ref["mean_abs"], rtol=1e-10)
@@ -100,7 +71,7 @@ def test_weight_norms_match_numpy(dtype, fmt, ord, direction, rows, cols, densit
     D = (rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < density)).astype(dtype)
     W = sparse.csr_array(D) if fmt == "csr" else D
     got = weight_norm_scores(W, ord=ord, direction=direction)
-    np.testing.assert_allclose(got, naive_norms(D, ord, direction), rtol=1e-6 if dtype == np.float32 else 1e-12,
+    np.testing.assert_allclose(got, ref_weight_norms(D, ord, direction), rtol=1e-6 if dtype == np.float32 else 1e-12,
                                atol=1e-12)
 
 
@@ -129,7 +100,7 @@ def test_remove_neurons_matches_numpy(dtype, fmt1, fmt2, n_in, n, n_out, seed):
     A2 = sparse.csr_array(W2) if fmt2 == "csr" else W2.copy()
     copies = [W.copy(), W2.copy(), b.copy(), b2.copy()]
     rW, rb, rW2, rb2 = remove_neurons(A, b, A2, b2, keep, values)
-    eW, eb, eW2, eb2 = naive_remove(W, b, W2, b2, keep, values)
+    eW, eb, eW2, eb2 = ref_remove_neurons(W, b, W2, b2, keep, values)
     assert sparse.issparse(rW) == (fmt1 == "csr") and sparse.issparse(rW2) == (fmt2 == "csr")
     dense = lambda M: M.toarray() if sparse.issparse(M) else M  # noqa: E731
     np.testing.assert_array_equal(dense(rW), eW)

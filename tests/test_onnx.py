@@ -1,4 +1,4 @@
-"""ONNX in and out, against onnxruntime on the same graph and a plain-numpy forward pass.
+"""ONNX in and out, against onnxruntime on the same graph and a plain-numpy forward pass (naive.ref_mlp).
 
 Graphs are built here with ``onnx.helper`` in each exporter's style: torch
 (``Gemm`` with ``transB=1``, ``Flatten``), Keras/tf2onnx (``MatMul`` + ``Add``,
@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+from naive import ref_mlp  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import sparseprune  # noqa: E402
@@ -25,34 +26,6 @@ from sparseprune import MLPClassifier, MLPRegressor, SparseLinear, from_onnx  # 
 OPSET = 17
 # float32 forward passes summed in different orders: agree to rounding.
 RTOL, ATOL = 1e-4, 1e-5
-
-
-# ---------------------------------------------------------------- references
-def numpy_forward(Ws, bs, hidden="relu", head=None):
-    """The network in float64 numpy, written for clarity: Ws are (out, in)."""
-    def act(Z, name):
-        if name == "relu":
-            return np.maximum(Z, 0)
-        if name == "tanh":
-            return np.tanh(Z)
-        if name == "logistic":
-            return 1 / (1 + np.exp(-Z))
-        return Z
-
-    def forward(X):
-        H = np.asarray(X, np.float64).reshape(len(X), -1)
-        for i, (W, b) in enumerate(zip(Ws, bs)):
-            H = H @ np.asarray(W, np.float64).T + b
-            if i < len(Ws) - 1:
-                H = act(H, hidden)
-        if head == "softmax":
-            E = np.exp(H - H.max(1, keepdims=True))
-            return E / E.sum(1, keepdims=True)
-        if head == "logistic":
-            p = 1 / (1 + np.exp(-H))
-            return np.hstack([1 - p, p])
-        return H
-    return forward
 
 
 def run_ort(model, X, output=None):
@@ -193,7 +166,8 @@ def test_torch_style_matches_onnxruntime_and_numpy(X64, sparsity, head):
     want = run_ort(g, X)["output"]
     model = from_onnx(g.SerializeToString())
     flat = X64
-    ref = numpy_forward(Ws, bs, head="softmax" if head else None)(flat)
+    out = {None: "identity", "Softmax": "softmax", "LogSoftmax": "log_softmax"}[head]
+    ref = ref_mlp(list(zip(Ws, bs)), flat, out=out)
     if head is None:
         assert isinstance(model, MLPRegressor)
         got = model.predict(flat)
@@ -202,7 +176,6 @@ def test_torch_style_matches_onnxruntime_and_numpy(X64, sparsity, head):
         got = model.predict_proba(flat)
     else:
         got = model.predict_log_proba(flat)
-        ref = np.log(ref)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
     if head:
@@ -221,7 +194,7 @@ def test_torch_logits_read_as_classifier(X64):
     model = MLPClassifier.from_onnx(g)
     assert isinstance(model, MLPClassifier)
     np.testing.assert_array_equal(model.predict(X64), logits.argmax(1))
-    np.testing.assert_allclose(model.predict_proba(X64), numpy_forward(Ws, bs, head="softmax")(X64),
+    np.testing.assert_allclose(model.predict_proba(X64), ref_mlp(list(zip(Ws, bs)), X64, out="softmax"),
                                rtol=RTOL, atol=ATOL)
     with pytest.raises(ValueError, match="classifier"):
         MLPRegressor.from_onnx(torch_style(Ws, bs, head="Softmax"))
@@ -238,7 +211,7 @@ def test_keras_style(X64, dtype):
     got = model.predict_proba(X)
     tol = dict(rtol=RTOL, atol=ATOL) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got, want, **tol)
-    np.testing.assert_allclose(got, numpy_forward(Ws, bs, head="softmax")(X), **tol)
+    np.testing.assert_allclose(got, ref_mlp(list(zip(Ws, bs)), X, out="softmax"), **tol)
 
 
 @pytest.mark.parametrize("zipmap", [True, False])
@@ -264,7 +237,7 @@ def test_skl2onnx_style_binary(X64):
     assert model.out_activation_ == "logistic"
     np.testing.assert_allclose(model.predict_proba(X64), out["probabilities"], rtol=RTOL, atol=ATOL)
     np.testing.assert_array_equal(model.predict(X64), out["label"])
-    np.testing.assert_allclose(model.predict_proba(X64), numpy_forward(Ws, bs, head="logistic")(X64),
+    np.testing.assert_allclose(model.predict_proba(X64), ref_mlp(list(zip(Ws, bs)), X64, out="logistic"),
                                rtol=RTOL, atol=ATOL)
 
 
@@ -297,7 +270,7 @@ def test_gemm_alpha_beta_and_transposed_weight(X64):
     model = from_onnx(g)
     assert model.activation == "tanh"
     np.testing.assert_allclose(model.predict(X64), run_ort(g, X64)["y"], rtol=RTOL, atol=ATOL)
-    ref = numpy_forward([0.5 * W1.T, W2], [2 * b1, b2.ravel()], hidden="tanh")(X64)
+    ref = ref_mlp([(0.5 * W1.T, 2 * b1), (W2, b2.ravel())], X64, hidden="tanh")
     np.testing.assert_allclose(model.predict(X64), ref, rtol=RTOL, atol=ATOL)
 
 
@@ -315,7 +288,7 @@ def test_sparse_initializers_and_constant_nodes(X64):
              [f32("x", [None, 64])], [f32("y", [None, 5])], sparse_inits=[sparse_w0])
     model = from_onnx(g)
     assert model.layers_[0].is_sparse and model.layers_[0].nnz == S.nnz
-    np.testing.assert_allclose(model.predict(X64), numpy_forward(Ws, bs)(X64), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(model.predict(X64), ref_mlp(list(zip(Ws, bs)), X64), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(model.predict(X64), run_ort(g, X64)["y"], rtol=RTOL, atol=ATOL)
 
 
@@ -338,7 +311,7 @@ def test_external_data(tmp_path, X64):
     path = tmp_path / "m.onnx"
     onnx.save_model(g, str(path))
     model = from_onnx(path)
-    np.testing.assert_allclose(model.predict_proba(X64), numpy_forward(Ws, bs, head="softmax")(X64),
+    np.testing.assert_allclose(model.predict_proba(X64), ref_mlp(list(zip(Ws, bs)), X64, out="softmax"),
                                rtol=RTOL, atol=ATOL)
     with pytest.raises(ValueError, match="external file"):
         from_onnx(path.read_bytes())       # bytes: no directory to find weights.bin in

@@ -1,4 +1,4 @@
-"""A model's inference plan (sparseprune.inference.plan) and its fused kernel, against a plain-numpy forward pass."""
+"""A model's inference plan (sparseprune.inference.plan) and its fused kernel, against naive.ref_mlp."""
 from __future__ import annotations
 
 import copy
@@ -10,39 +10,13 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import model_layers, ref_mlp
 from sklearn.exceptions import NotFittedError
 from sparseprune.kernels import plan as kplan
 
 import sparseprune
 from sparseprune.inference import plan as plan_mod
 from sparseprune.inference import threads as threads_mod
-
-
-# ---------------------------------------------------------------- reference
-def naive_output(layers, hidden, out, X):
-    """The network's output after its output activation, float64 numpy, written for clarity."""
-    H = np.asarray(X, np.float64)
-    for i, (W, b) in enumerate(layers):
-        Wd = W.toarray() if sp.issparse(W) else W
-        H = H @ np.asarray(Wd, np.float64).T + np.asarray(b, np.float64)
-        if i < len(layers) - 1:
-            if hidden == "relu":
-                H = np.maximum(H, 0)
-            elif hidden == "tanh":
-                H = np.tanh(H)
-            elif hidden == "logistic":
-                H = 1 / (1 + np.exp(-H))
-    if out == "softmax":
-        E = np.exp(H - H.max(axis=1, keepdims=True))
-        return E / E.sum(axis=1, keepdims=True)
-    if out == "logistic":
-        p = 1 / (1 + np.exp(-H[:, 0]))
-        return np.stack([1 - p, p], axis=1)
-    return H
-
-
-def model_layers(m):
-    return [(layer.weight, layer.bias) for layer in m.layers_]
 
 
 def _fit(cls=sparseprune.MLPClassifier, n_in=20, hidden=(30, 12), n_classes=3, activation="relu", seed=0,
@@ -80,7 +54,7 @@ def test_each_path_of_the_plan_equals_numpy(fitted, sparsity, batch):
     if sparsity is not None:
         m.prune(sparsity=sparsity, scope="layer")
     Xb = np.ascontiguousarray(np.resize(X, (batch, X.shape[1])))
-    ref = naive_output(model_layers(m), m.activation, m.out_activation_, Xb)
+    ref = ref_mlp(model_layers(m), Xb, m.activation, m.out_activation_)
     plan = m.plan_
     for path in ("fused", "layers"):
         out = plan._fused(Xb, 1) if path == "fused" else plan._layers(Xb, sparseprune.get_num_threads())
@@ -101,14 +75,14 @@ def test_fused_parallel_rows_equal_serial(monkeypatch):
     serial = plan._fused(Xb, 1)
     monkeypatch.setitem(threads_mod.SERIAL_WORK, "fused", 0)
     np.testing.assert_array_equal(plan._fused(Xb, 2), serial)
-    np.testing.assert_allclose(serial, naive_output(model_layers(m), "relu", "softmax", Xb), rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(serial, ref_mlp(model_layers(m), Xb, "relu", "softmax"), rtol=2e-4, atol=2e-5)
 
 
 def test_float64_model_and_float32_input():
     m, X = _fit(dtype=np.float64)
     m.layers_ = [sparseprune.mlp.Layer(np.asarray(layer.weight, np.float64), np.asarray(layer.bias, np.float64))
                  for layer in m.layers_]
-    ref = naive_output(model_layers(m), "relu", "softmax", X)
+    ref = ref_mlp(model_layers(m), X, "relu", "softmax")
     np.testing.assert_allclose(m.predict_proba(X.astype(np.float64)), ref, rtol=1e-10)
     np.testing.assert_allclose(m.predict_proba(X.astype(np.float32)), ref, rtol=1e-6)  # converted once
     np.testing.assert_allclose(m.predict_proba(np.asfortranarray(X)), ref, rtol=1e-10)  # non-C input too
@@ -153,16 +127,16 @@ def test_plan_is_rebuilt_when_the_model_changes():
     m.prune(sparsity=0.9, scope="layer")
     p1 = m.plan_
     assert p1 is not p0 and p1.layer_kinds == ["sparse"] * 3
-    np.testing.assert_allclose(m.predict_proba(X), naive_output(model_layers(m), "relu", "softmax", X),
+    np.testing.assert_allclose(m.predict_proba(X), ref_mlp(model_layers(m), X, "relu", "softmax"),
                                rtol=2e-4, atol=2e-5)
     m.layers_[0].bias = m.layers_[0].bias + 1
     assert m.plan_ is not p1
-    np.testing.assert_allclose(m.predict_proba(X), naive_output(model_layers(m), "relu", "softmax", X),
+    np.testing.assert_allclose(m.predict_proba(X), ref_mlp(model_layers(m), X, "relu", "softmax"),
                                rtol=2e-4, atol=2e-5)
     p2 = m.plan_
     m.set_params(activation="tanh")
     assert m.plan_ is not p2
-    np.testing.assert_allclose(m.predict_proba(X), naive_output(model_layers(m), "tanh", "softmax", X),
+    np.testing.assert_allclose(m.predict_proba(X), ref_mlp(model_layers(m), X, "tanh", "softmax"),
                                rtol=2e-4, atol=2e-5)
     m.eliminate_neurons(X, criterion="l2", fraction=0.3)
     assert m.plan_.shapes == [layer.shape for layer in m.layers_]
@@ -214,8 +188,8 @@ def test_predict_while_another_thread_changes_the_model(change):
             return model.prune(sparsity=0.9, scope="layer")
         return model.eliminate_neurons(X, criterion="l2", fraction=0.5)
 
-    before = naive_output(model_layers(m), "relu", "softmax", X8)
-    after = naive_output(model_layers(apply(copy.deepcopy(m))), "relu", "softmax", X8)
+    before = ref_mlp(model_layers(m), X8, "relu", "softmax")
+    after = ref_mlp(model_layers(apply(copy.deepcopy(m))), X8, "relu", "softmax")
     errors, outs = [], []
     stop = threading.Event()
 
@@ -262,7 +236,7 @@ def test_fused_kernel_matches_numpy(net):
     layers, hidden, out, X = net
     objs = [sparseprune.mlp.Layer(W, b) for W, b in layers]
     plan = plan_mod.ModelPlan(objs, hidden, out)
-    ref = naive_output(layers, hidden, out, X)
+    ref = ref_mlp(layers, X, hidden, out)
     tol = 1e-4 if X.dtype == np.float32 else 1e-10
     np.testing.assert_allclose(plan._fused(X, 1), ref, rtol=tol, atol=tol)
     np.testing.assert_allclose(plan._layers(X, 1), ref, rtol=tol, atol=tol)

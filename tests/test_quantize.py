@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import ref_linear
+from naive import random_csr, ref_dequantize, ref_encode, ref_linear
 
 from sparseprune.quantize import (
     QuantizedCSR,
@@ -24,41 +24,8 @@ from sparseprune.quantize import (
 ACTS = [None, "identity", "relu", "tanh", "logistic"]
 
 
-# ---------------------------------------------------------------- references (numpy only)
-def ref_dequantize(Q):
-    """Dense weights from the codes, written independently of QuantizedCSR.values."""
-    W = np.zeros(Q.shape, np.float64)
-    for i in range(Q.shape[0]):
-        for p in range(Q.indptr[i], Q.indptr[i + 1]):
-            c = int(Q.codes[p])
-            W[i, Q.indices[p]] = c * float(Q.scales[i]) if Q.scheme == "linear" else float(Q.codebook[c])
-    return W
-
-
-def ref_encode(indices, indptr, bits):
-    """Gap encoding written as a plain loop (fillers skip M = 2**bits - 1 columns)."""
-    M = (1 << bits) - 1
-    gaps, ptr = [], [0]
-    for i in range(len(indptr) - 1):
-        prev = -1
-        for p in range(indptr[i], indptr[i + 1]):
-            g = int(indices[p]) - prev - 1
-            while g >= M:
-                gaps.append(M)
-                g -= M
-            gaps.append(g)
-            prev = int(indices[p])
-        ptr.append(len(gaps))
-    return np.array(gaps, np.uint8), np.array(ptr)
-
-
 def tol(dtype, k):
     return (3e-5 if dtype == np.float32 else 1e-12) * max(1, k)
-
-
-def random_csr(rng, n_out, n_in, density, dtype=np.float32):
-    return sp.random_array((n_out, n_in), density=density, format="csr", dtype=dtype, rng=rng,
-                           data_sampler=lambda size: rng.standard_normal(size))
 
 
 # ---------------------------------------------------------------- kernels vs reference

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import ref_linear
+from naive import random_csr, ref_linear
 
 import sparseprune
 from sparseprune.inference import costmodel as cal
@@ -24,11 +24,6 @@ ACTS = [None, "identity", "relu", "tanh", "logistic"]
 def tol(dtype, k):
     # float32 sums of k terms of size ~1: error grows like sqrt(k) eps, bound it loosely.
     return (2e-5 if dtype == np.float32 else 1e-12) * max(1, k)
-
-
-def random_csr(rng, n_out, n_in, density, dtype=np.float32):
-    return sp.random_array((n_out, n_in), density=density, format="csr", dtype=dtype, rng=rng,
-                           data_sampler=lambda size: rng.standard_normal(size))
 
 
 @pytest.fixture(autouse=True)

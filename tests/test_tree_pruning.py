@@ -1,4 +1,4 @@
-"""prune_tree against scikit-learn (ccp) and plain recursive Python references kept in this file."""
+"""prune_tree against scikit-learn (ccp) and plain recursive Python references in naive.py."""
 from __future__ import annotations
 
 import pickle
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import ref_error_based, ref_info_gain, ref_reduced_error
 from sklearn.datasets import (
     load_breast_cancer,
     load_diabetes,
@@ -28,89 +29,14 @@ import sparseprune
 from sparseprune import prune_tree, tree_report
 from sparseprune.trees import ccp_path, pruning_curve
 
-# --------------------------------------------------------------------------- references
 
-
+# --------------------------------------------------------------------------- comparing trees
 def canon(t, node=0, collapse=frozenset()):
     """Nested-tuple form of a tree: ('leaf', value) or (feature, threshold, left, right)."""
     if t.children_left[node] == -1 or node in collapse:
         return ("leaf", tuple(np.round(t.value[node].ravel(), 12)))
     return (int(t.feature[node]), float(t.threshold[node]),
             canon(t, t.children_left[node], collapse), canon(t, t.children_right[node], collapse))
-
-
-def ref_info_gain(t, tau):
-    """Collapse set by the documented rule, recursively."""
-    N = t.weighted_n_node_samples
-    collapse = set()
-
-    def visit(i):
-        L, R = t.children_left[i], t.children_right[i]
-        if L == -1:
-            return True
-        a, b = visit(L), visit(R)
-        gain = N[i] / N[0] * (t.impurity[i] - N[L] / N[i] * t.impurity[L] - N[R] / N[i] * t.impurity[R])
-        if a and b and gain < tau:
-            collapse.add(i)
-            return True
-        return False
-
-    visit(0)
-    return collapse
-
-
-def ref_reduced_error(est, X, y):
-    """Quinlan's REP by routing rows explicitly (float32 features, as scikit-learn compares)."""
-    t = est.tree_
-    X32 = np.asarray(X, np.float32)
-    classifier = hasattr(est, "classes_")
-    collapse = set()
-
-    def node_err(i, rows):
-        v = t.value[i, 0]
-        if classifier:
-            return float(np.sum(est.classes_[np.argmax(v)] != y[rows]))
-        return float(np.sum((y[rows] - v[0]) ** 2))
-
-    def visit(i, rows):
-        L = t.children_left[i]
-        if L == -1:
-            return node_err(i, rows)
-        go_left = X32[rows, t.feature[i]] <= t.threshold[i]
-        sub = visit(L, rows[go_left]) + visit(t.children_right[i], rows[~go_left])
-        own = node_err(i, rows)
-        if own <= sub:
-            collapse.add(i)
-            return own
-        return sub
-
-    visit(0, np.arange(len(y)))
-    return collapse
-
-
-def ref_error_based(t, cf):
-    collapse = set()
-
-    def est(i):
-        N = t.weighted_n_node_samples[i]
-        e = N - np.max(t.value[i, 0]) * N
-        e = max(e, 0.0)
-        # the leaf's pessimistic error: the C4.5 bound, itself checked against independent
-        # figures in test_c45_added_errors_against_the_binomial_bound
-        return e + sparseprune.trees.c45_added_errors(np.array([N]), np.array([e]), cf)[0]
-
-    def visit(i):
-        L = t.children_left[i]
-        if L == -1:
-            return est(i)
-        sub = visit(L) + visit(t.children_right[i])
-        if est(i) <= sub + 0.1:
-            collapse.add(i)
-            return est(i)
-        return sub
-
-    visit(0)
-    return collapse
 
 
 def assert_same_tree(a, b):
