@@ -299,10 +299,13 @@ def plot_accuracy_vs_bytes(mlp: dict, path: Path) -> str:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, ls="-" if joined else "",
                 label=name, zorder=z, markersize=7 if kinds == ("dense",) else 6)
         if kinds == ("quantized",):
+            mid = sorted(p[1] for p in pts)[len(pts) // 2]
             for i, (x, y, r) in enumerate(pts):
-                # alternate above / below: neighbouring points sit close on a log axis
+                # Neighbouring points sit close on a log axis: a label goes above its point when the
+                # point is in the upper half of the group, below otherwise; ties alternate.
+                above = y > mid or (y == mid and i % 2 == 0)
                 ax.annotate(f"{r['label'].split('+')[-1].strip()}: {r['compression']:.0f}x", (x, y),
-                            textcoords="offset points", xytext=(-10, 9 if i % 2 == 0 else -15), fontsize=7)
+                            textcoords="offset points", xytext=(-10, 9 if above else -15), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("stored weights + biases (KiB, log scale)")
     ax.set_ylabel("test accuracy (%)")
