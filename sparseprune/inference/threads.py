@@ -130,7 +130,7 @@ SERIAL_WORK = {
     "fused": 400_000,         # multiply-adds per call of the fused whole-model kernel (rows split)
     "masking": 1 << 15,       # matrix entries read by a masking kernel
     "activation_stats": 1 << 18,  # activations scored for neuron elimination
-    "forest": 2 * 1024,       # rows of a forest traversal: two of its 1024-row blocks
+    "forest": 2,              # full row blocks (trees.compile._BLOCK rows each) of a forest traversal
 }
 
 

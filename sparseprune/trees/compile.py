@@ -143,7 +143,8 @@ class CompiledTree:
         slots = np.zeros(n if single else 0, np.int32)
         if n == 0:
             return slots if single else out
-        kernel = forest_accumulate_parallel if parallel_pays("forest", n, n_threads) else forest_accumulate_serial
+        blocks = n // _BLOCK  # full row blocks: the parallel kernel hands out blocks, and needs two to gain
+        kernel = forest_accumulate_parallel if parallel_pays("forest", blocks, n_threads) else forest_accumulate_serial
         # chunk size 1: threads take row blocks one at a time, so a thread that the OS
         # delays (busy machine) does not hold back a statically assigned half of the rows
         with thread_limit(n_threads), parallel_guard(), numba.parallel_chunksize(1):
