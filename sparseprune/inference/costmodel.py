@@ -61,8 +61,9 @@ _DEFAULT = {
     "out_per_row": {"1": 5.0e-9, "8": 5.0e-9, "16": 8.5e-9, "32": 6.2e-9, "64": 2.3e-8, "256": 7.3e-8},
 }
 # Seconds per call on each path for a tiny layer (not scaled with threads).
-# "sparse_batched" is the SpMM path (batch > 1: packing, more Python).
-_DEFAULT_OVERHEAD = {"dense": 2.0e-6, "sparse": 3.0e-6, "sparse_batched": 1.0e-5}
+# "sparse" is the SpMV row kernel (one row, or a few: see spmm.ROWS_MAX_BATCH and ROWS_MAX_WORK),
+# "sparse_batched" the SpMM path (packing, more Python).
+_DEFAULT_OVERHEAD = {"dense": 1.5e-6, "sparse": 1.5e-6, "sparse_batched": 1.0e-5}
 
 _lock = threading.Lock()
 _tables: dict[str, dict] = {}
@@ -192,6 +193,7 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
     ``CAL_ROWS``/``CAL_COLS``."""
     import scipy.sparse as sp
 
+    from sparseprune.inference import spmm as _spmm
     from sparseprune.inference.spmm import SparseLinear
 
     rows = CAL_ROWS if rows is None else rows
@@ -275,7 +277,10 @@ def measure(n_threads: int, *, reps: int = 4, budget_s: float = BUDGET_S, rows: 
     table["call_overhead_s"] = {
         "dense": _best(lambda: tiny(x1, method="dense"), 50, end),
         "sparse": _best(lambda: tiny(x1, method="sparse"), 50, end),
-        "sparse_batched": _best(lambda: tiny(x64, method="sparse"), 50, end),
+        # The SpMM path (the row kernel would take a layer this small at any batch).
+        "sparse_batched": _best(lambda: _spmm._sparse_forward(
+            x64, tiny._data, tiny._indices, tiny._indptr, tiny.bias, 0, 8, tiny._parts, tiny._tiled,
+            steps_for=tiny._steps, n_threads=n_threads), 50, end),
     }
     table["shape"] = [rows, cols]
     table["density"] = CAL_DENSITY

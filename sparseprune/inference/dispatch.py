@@ -23,9 +23,20 @@ How a :class:`Choice` measures, cheaply and robustly:
   the sample least disturbed by the rest of the machine). When the two best
   minima are within ``CLOSE`` of each other, ``SAMPLES`` more of each are
   taken (at most ``MAX_ROUNDS`` rounds), so one noisy sample never decides.
-- After the choice, each call's time is compared with the winner's measured
-  minimum; ``DRIFT_CALLS`` calls in a row slower than ``DRIFT`` times it (a
-  sustained change, not an outlier) start a new measurement.
+- A close choice (the runner-up within ``CONFIRM_RATIO`` of the winner) is
+  confirmed once: at least ``CONFIRM_AFTER`` calls and ``CONFIRM_AFTER_S``
+  seconds later, every candidate is measured again the same way and the
+  lowest minimum over both rounds wins. A process's first calls are the
+  noisiest (imports, compilation, and the wake of whatever ran just before:
+  after a multi-threaded BLAS call OpenBLAS's workers spin for about 0.1 s,
+  and a parallel sparse kernel measured in that window ran 1.5x slower), and
+  a choice made there alone was wrong on several layers of the dispatcher
+  sweep. The loser's few extra calls cost about 2 % of the first 100.
+- After the choice, one call in ``WATCH_EVERY`` is timed (:meth:`Choice.watch`)
+  and compared with the winner's measured minimum; ``DRIFT_CALLS`` such
+  calls in a row slower than ``DRIFT`` times it (a sustained change, not an
+  outlier) start a new measurement. Timing every call would cost two clock
+  reads and a method call, 0.3-0.5 us: a tenth of a few-microsecond layer.
 - A frozen choice (``freeze``, or loaded with a model) never changes.
 
 Everything is in memory: nothing is written to disk unless the user saves a
@@ -43,6 +54,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 
 __all__ = ["Choice", "bucket_of"]
 
@@ -52,10 +64,17 @@ SAMPLES = 3
 CLOSE = 0.05
 #: Most measuring rounds before the lower minimum wins anyway.
 MAX_ROUNDS = 3
-#: A call slower than DRIFT x the winner's minimum counts towards re-measuring...
+#: A choice whose runner-up measured within this factor of the winner is measured again, once...
+CONFIRM_RATIO = 1.5
+#: ... after at least this many calls and seconds since the choice.
+CONFIRM_AFTER = 64
+CONFIRM_AFTER_S = 0.25
+#: A timed call slower than DRIFT x the winner's minimum counts towards re-measuring...
 DRIFT = 2.0
-#: ... once this many calls in a row were.
-DRIFT_CALLS = 32
+#: ... once this many timed calls in a row were...
+DRIFT_CALLS = 8
+#: ... where, once a choice is made, one call in this many is timed.
+WATCH_EVERY = 16
 
 
 POLICIES = ("measure", "model")
@@ -92,7 +111,7 @@ class Choice:
     """
 
     __slots__ = ("candidates", "chosen", "frozen", "reason", "_idx", "_seen", "_times", "_rounds", "_best",
-                 "_slow", "_lock", "n_remeasured", "_fixed")
+                 "_slow", "_lock", "n_remeasured", "_fixed", "_tick", "_max_rounds", "_confirm_after", "_confirmed")
 
     def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False,
                  prior: str | None = None):
@@ -107,16 +126,25 @@ class Choice:
         else:
             self._fixed = False
         self._lock = threading.Lock()
-        self._seen = {c: 0 for c in self.candidates}
+        self._tick = 0
         self._reset()
         self.n_remeasured = 0
 
     def _reset(self) -> None:
         self._idx = 0
+        self._seen = {c: 0 for c in self.candidates}
         self._times = {c: [] for c in self.candidates}
         self._rounds = 1
+        self._max_rounds = MAX_ROUNDS
         self._best = math.inf
         self._slow = 0
+        self._confirm_after = None
+        self._confirmed = False
+
+    @property
+    def settled(self) -> bool:
+        """Whether the choice is made and no confirming round is still due."""
+        return self.chosen is not None and self._confirm_after is None
 
     # -- the per-call protocol ------------------------------------------------
     def next(self) -> str:
@@ -124,12 +152,38 @@ class Choice:
         c = self.chosen
         return c if c is not None else self.candidates[self._idx]
 
+    def watch(self) -> bool:
+        """Whether this call should be timed and :meth:`record` ed: every call while measuring,
+        one in ``WATCH_EVERY`` once chosen (for drift), none once frozen or the only candidate."""
+        if self.chosen is None:
+            return True
+        if self.frozen or self._fixed or len(self.candidates) == 1:
+            return False
+        # A lost increment between threads only shifts which call is timed.
+        self._tick = t = self._tick + 1
+        return t % WATCH_EVERY == 0
+
     def record(self, candidate: str, seconds: float, rows: int) -> None:
         """Report that ``candidate`` took ``seconds`` for ``rows`` input rows."""
         per_row = seconds / max(rows, 1)
         if self.chosen is not None:
             if self.frozen or self._fixed or len(self.candidates) == 1 or candidate != self.chosen:
                 return
+            if self._confirm_after is not None and self._tick >= CONFIRM_AFTER:
+                now = time.perf_counter()
+                if now >= self._confirm_after:
+                    with self._lock:
+                        if self.chosen is not None and not self.frozen and self._confirm_after is not None:
+                            # Measure every candidate once more (warm-up first); the minima
+                            # over both rounds decide.
+                            self._confirm_after = None
+                            self._confirmed = True
+                            self.chosen = None
+                            self._idx = 0
+                            self._seen = {c: 0 for c in self.candidates}
+                            self._rounds += 1
+                            self._max_rounds = self._rounds + MAX_ROUNDS - 1
+                    return
             if per_row > DRIFT * self._best:
                 self._slow += 1
                 if self._slow >= DRIFT_CALLS:
@@ -156,12 +210,15 @@ class Choice:
                 return
             best = sorted((min(t), c) for c, t in self._times.items())
             (t0, c0), (t1, _) = best[0], best[1]
-            if t1 <= t0 * (1 + CLOSE) and self._rounds < MAX_ROUNDS:
+            if t1 <= t0 * (1 + CLOSE) and self._rounds < self._max_rounds:
                 self._rounds += 1
                 self._idx = 0
                 return
-            self.chosen = c0
             self._best = t0
+            self._tick = 0
+            if not self._confirmed and t1 < t0 * CONFIRM_RATIO:
+                self._confirm_after = time.perf_counter() + CONFIRM_AFTER_S
+            self.chosen = c0
 
     # -- inspection and freezing ----------------------------------------------
     @property
@@ -187,7 +244,11 @@ class Choice:
             return "the only candidate"
         if self._fixed:
             return "cost model"
-        return "frozen" if self.frozen else "measured"
+        if self.frozen:
+            return "frozen"
+        if self._confirm_after is not None:
+            return "measured; a close call, to be measured once more"
+        return "measured twice (a close call)" if self._confirmed else "measured"
 
     def describe(self) -> str:
         m = self.measured

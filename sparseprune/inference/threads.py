@@ -110,13 +110,22 @@ def _num_threads_now() -> int:
     is used directly once the threads are launched; numba internals that
     have moved in some version fall back to the public call.
     """
-    if getattr(_npp, "_is_initialized", False):
-        getter = getattr(_npp, "_get_num_threads", None)
-        if getter is not None:
-            n = getter()
+    global _getter
+    if _getter is not None:
+        n = _getter()
+        if n > 0:
+            return n
+    elif getattr(_npp, "_is_initialized", False):
+        # Kept once found: the lookups above cost as much as the call (~0.1 us per call).
+        _getter = getattr(_npp, "_get_num_threads", None)
+        if _getter is not None:
+            n = _getter()
             if n > 0:
                 return n
     return numba.get_num_threads()
+
+
+_getter = None
 
 
 #: When a kernel with a parallel variant runs it: from this much work per call, in the

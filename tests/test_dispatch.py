@@ -1,0 +1,108 @@
+"""The measuring dispatcher's protocol (dispatch.Choice), driven with synthetic timings.
+
+Deterministic: the times a call "took" are given, so each rule (warm-up,
+blocks, minima, extra rounds, the confirming round, drift, freezing) is
+checked on its own, on every machine.
+"""
+import pytest
+
+from sparseprune.inference import dispatch
+from sparseprune.inference.dispatch import Choice
+
+
+@pytest.fixture(autouse=True)
+def _measure(monkeypatch):
+    monkeypatch.setenv("SPARSEPRUNE_DISPATCH", "measure")  # the suite runs under "model"
+
+
+def call(ch, times):
+    """One call as the layers make it: run ch.next(), time it if ch.watch() says so."""
+    path = ch.next()
+    if ch.watch():
+        ch.record(path, times[path], 1)
+    return path
+
+
+def test_blocks_warm_up_and_the_lowest_minimum_wins():
+    ch = Choice(("sparse", "dense"))
+    fast = {"sparse": 1.0, "dense": 3.0}
+    paths = [call(ch, fast) for _ in range(2 * (dispatch.SAMPLES + 1))]
+    n = dispatch.SAMPLES + 1
+    assert paths == ["sparse"] * n + ["dense"] * n  # one block each, in the given order
+    assert ch.chosen == "sparse" and ch.settled  # 3x apart: not a close call
+    assert ch.measured == {"sparse": 1.0, "dense": 3.0}
+    # The warm-up call is not timed: a huge first time changes nothing.
+    ch = Choice(("sparse", "dense"))
+    call(ch, {"sparse": 100.0})
+    for _ in range(2 * dispatch.SAMPLES + 1):
+        call(ch, fast)
+    assert ch.chosen == "sparse" and ch.measured["sparse"] == 1.0
+
+
+def test_near_ties_are_measured_again_up_to_max_rounds():
+    ch = Choice(("sparse", "dense"))
+    tie = {"sparse": 1.0, "dense": 1.01}
+    n_calls = 0
+    while ch.chosen is None:
+        call(ch, tie)
+        n_calls += 1
+    per_round = 2 * dispatch.SAMPLES
+    assert n_calls == 2 + dispatch.MAX_ROUNDS * per_round  # one warm-up each, then MAX_ROUNDS rounds
+    assert ch.chosen == "sparse"
+
+
+def test_a_close_call_is_confirmed_and_both_rounds_decide(monkeypatch):
+    monkeypatch.setattr(dispatch, "CONFIRM_AFTER_S", 0.0)
+    ch = Choice(("sparse", "dense"))
+    # First round: sparse measured in a bad moment (1.3x dense): dense wins, a close call.
+    first = {"sparse": 1.3, "dense": 1.0}
+    while ch.chosen is None:
+        call(ch, first)
+    assert ch.chosen == "dense" and not ch.settled and "once more" in ch.state()
+    # Later calls: sparse's true time is 0.6. After CONFIRM_AFTER calls the candidates are
+    # measured again (a warm-up each, then SAMPLES timed calls) and the minima decide.
+    later = {"sparse": 0.6, "dense": 1.0}
+    paths = [call(ch, later) for _ in range(dispatch.CONFIRM_AFTER + 4 * dispatch.WATCH_EVERY)]
+    assert ch.chosen == "sparse" and ch.settled and ch.state() == "measured twice (a close call)"
+    assert paths[: dispatch.CONFIRM_AFTER - 1] == ["dense"] * (dispatch.CONFIRM_AFTER - 1)
+    assert paths[-1] == "sparse" and ch.measured == {"sparse": 0.6, "dense": 1.0}
+    # Confirmed once only: no further rounds.
+    for _ in range(5 * dispatch.CONFIRM_AFTER):
+        assert call(ch, later) == "sparse"
+
+
+def test_a_clear_call_is_not_measured_again():
+    ch = Choice(("sparse", "dense"))
+    while ch.chosen is None:
+        call(ch, {"sparse": 1.0, "dense": 2.0})
+    assert ch.settled
+    assert all(call(ch, {"sparse": 1.0, "dense": 2.0}) == "sparse" for _ in range(500))
+
+
+def test_sustained_drift_starts_a_new_measurement_and_an_outlier_does_not():
+    ch = Choice(("sparse", "dense"))
+    while ch.chosen is None:
+        call(ch, {"sparse": 1.0, "dense": 3.0})
+    # One slow timed call in every other: never DRIFT_CALLS in a row.
+    for i in range(4 * dispatch.DRIFT_CALLS * dispatch.WATCH_EVERY):
+        call(ch, {"sparse": 10.0 if (i // dispatch.WATCH_EVERY) % 2 else 1.0, "dense": 3.0})
+    assert ch.chosen == "sparse" and ch.n_remeasured == 0
+    # Sustained: sparse became 10x slower; after DRIFT_CALLS timed calls in a row, measured anew.
+    slow = {"sparse": 10.0, "dense": 3.0}
+    for _ in range((dispatch.DRIFT_CALLS + 1) * dispatch.WATCH_EVERY):
+        call(ch, slow)
+    assert ch.n_remeasured == 1
+    while ch.chosen is None:
+        call(ch, slow)
+    assert ch.chosen == "dense"
+
+
+def test_frozen_and_single_candidates_are_never_timed(monkeypatch):
+    ch = Choice(("sparse", "dense"))
+    ch.freeze("dense")
+    assert ch.frozen and ch.chosen == "dense" and not ch.watch()
+    assert Choice(("sparse",)).chosen == "sparse" and not Choice(("sparse",)).watch()
+    # The cost model's pick, unmeasured, under SPARSEPRUNE_DISPATCH=model.
+    monkeypatch.setenv("SPARSEPRUNE_DISPATCH", "model")
+    ch = Choice(("sparse", "dense"), prior="dense")
+    assert ch.chosen == "dense" and not ch.watch() and ch.state() == "cost model"
