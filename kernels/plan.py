@@ -102,6 +102,15 @@ def _output(h, n, out_mode, Y, r):
 @jit
 def output_rows(H, out_mode, Y):
     """``Y[r] = out(H[r])`` for every row: the output activation of a layer-by-layer pass."""
+    if out_mode == 2 and H.shape[1] == 1:
+        # The binary head as one flat loop in H's precision (LLVM can vectorise it):
+        # per-row calls of _output cost ~17 ns a row (4.3 us for 256 rows).
+        one = H.dtype.type(1)
+        for r in range(H.shape[0]):
+            p1 = one / (one + np.exp(-H[r, 0]))
+            Y[r, 0] = one - p1
+            Y[r, 1] = p1
+        return
     for r in range(H.shape[0]):
         _output(H[r], H.shape[1], out_mode, Y, r)
 

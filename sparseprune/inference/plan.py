@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from sparseprune.inference.dispatch import Choice, bucket_of
+from sparseprune.inference.dispatch import WATCH_EVERY, Choice, bucket_of
 from sparseprune.inference.spmm import _activate_inplace, _forced_method
 from sparseprune.inference.threads import _num_threads_now, parallel_pays, run_parallel
 from sparseprune.kernels import plan as _kp
@@ -61,13 +61,14 @@ _OUT_MODES = {"softmax": _kp.OUT_SOFTMAX, "logistic": _kp.OUT_BINARY, "identity"
 class _DenseOp:
     """A dense layer on BLAS: ``act(X @ W.T + b)``, no checks (the plan checked X)."""
 
-    __slots__ = ("W", "b", "act")
+    __slots__ = ("W", "WT", "b", "act")
 
     def __init__(self, W, b, act: int) -> None:
         self.W, self.b, self.act = W, b, act
+        self.WT = W.T
 
     def __call__(self, X):
-        Y = X @ self.W.T
+        Y = X @ self.WT
         Y += self.b
         if self.act:
             _activate_inplace(Y, self.act)
@@ -174,6 +175,8 @@ class ModelPlan:
         self._width_out = 2 if self.out_mode == _kp.OUT_BINARY else self.n_out
         self.layer_kinds = ["sparse" if k else "dense" for k in kinds]
         self.choices: dict[tuple, Choice] = {}
+        # Settled batch sizes' direct path: rows -> (choice, path, runner, threads, watch).
+        self._hot: dict[int, tuple] = {}
         self._lock = threading.Lock()
 
     def matches(self, layers) -> bool:
@@ -210,20 +213,84 @@ class ModelPlan:
         Returns ``None`` if ``X`` (not yet ``checked`` for finiteness) may hold
         NaN or inf: the caller then validates it and calls again with ``checked=True``.
         """
+        hot = self._hot.get(X.shape[0])
+        if hot is not None:
+            # A settled batch size: its runner directly (the per-call decisions made once).
+            ch, path, runner, n_threads, watch = hot
+            if ch.chosen is path and _num_threads_now() == n_threads:
+                if not watch:
+                    return runner(X, checked)
+                ch._tick = t = ch._tick + 1
+                if t % WATCH_EVERY:
+                    return runner(X, checked)
+                t0 = time.perf_counter()
+                Y = runner(X, checked)
+                ch.record(path, time.perf_counter() - t0, X.shape[0])
+                return Y
+        return self._run(X, checked)
+
+    def _run(self, X: np.ndarray, checked: bool):
         n = X.shape[0]
         n_threads = _num_threads_now()
         ch = self._choice(n, n_threads)
         path = ch.next()
-        if ch.frozen or len(ch.candidates) == 1:  # nothing to measure: no clock reads
-            return self._fused(X, n_threads, checked) if path == "fused" else self._layers(X, n_threads, checked)
-        t0 = time.perf_counter()
-        Y = self._fused(X, n_threads, checked) if path == "fused" else self._layers(X, n_threads, checked)
-        t = time.perf_counter() - t0
-        # A layer-by-layer pass counts only once its own layers have settled on
-        # dense or sparse: while they measure, some of its layers run their slower path.
-        if path == "fused" or self._layers_settled(n, n_threads):
-            ch.record(path, t, n)
+        if not ch.watch():
+            Y = self._fused(X, n_threads, checked) if path == "fused" else self._layers(X, n_threads, checked)
+        else:
+            t0 = time.perf_counter()
+            Y = self._fused(X, n_threads, checked) if path == "fused" else self._layers(X, n_threads, checked)
+            t = time.perf_counter() - t0
+            # A layer-by-layer pass counts only once its own layers have settled on
+            # dense or sparse: while they measure, some of its layers run their slower path.
+            if path == "fused" or self._layers_settled(n, n_threads):
+                ch.record(path, t, n)
+        chosen = ch.chosen
+        if chosen is not None and (chosen == "fused" or self._layers_settled(n, n_threads)):
+            watch = not (ch.frozen or ch._fixed or len(ch.candidates) == 1)
+            with self._lock:
+                if len(self._hot) > 64:
+                    self._hot.clear()
+                self._hot[n] = (ch, chosen, self._runner(chosen, n, n_threads), n_threads, watch)
         return Y
+
+    def _runner(self, path: str, n: int, n_threads: int):
+        """``run(X, checked)`` for ``n`` rows on ``path``, with what :meth:`_fused` and :meth:`_layers`
+        decide per call (the kernel variant, the layers' threading hint) decided once."""
+        if path == "fused":
+            args = (self._meta, self._wd, self._data, self._indices, self._indptr, self._bias, self.out_mode,
+                    self._max_width)
+            shape, dtype = (n, self._width_out), self.dtype
+            if n > 1 and parallel_pays("fused", n * self.work_per_row, n_threads):
+                parts = min(n, n_threads)
+
+                def fused(X, checked):
+                    Y = np.empty(shape, dtype)
+                    bad = run_parallel(_kp.forward_parallel, X, *args, Y, parts)
+                    return None if bad and not checked else Y
+            else:
+                kern = _kp.forward_serial
+
+                def fused(X, checked):
+                    Y = np.empty(shape, dtype)
+                    return None if kern(X, *args, Y, 1) and not checked else Y
+
+            return fused
+        method = _forced_method() or "auto"
+        among_sparse = n_threads > 1 and any(
+            not isinstance(op, _DenseOp) and op._runs_parallel(n, n_threads) for op in self._ops)
+        steps = [(isinstance(op, _DenseOp), op) for op in self._ops]
+        out_mode = self.out_mode
+
+        def layers(X, checked):
+            # One summing pass instead of an isfinite mask (see _layers).
+            if not checked and not math.isfinite(X.sum()):
+                return None
+            H = X
+            for dense, op in steps:
+                H = op(H) if dense else op(H, method, among_sparse=among_sparse)
+            return _finish(H, out_mode)
+
+        return layers
 
     def _layers_settled(self, n: int, n_threads: int) -> bool:
         b = bucket_of(n)
