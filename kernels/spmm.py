@@ -602,6 +602,24 @@ def balanced_row_starts(indptr, n_parts):
 
 
 @jit(fastmath=False)
+def cols_u16_checked(indices, nnz, n_cols, out):
+    """``out[p] = indices[p]`` as uint16 for ``p < nnz``; True if some index is outside ``[0, n_cols)``.
+
+    For one-off calls on a matrix scipy marks canonical: the bounds check rides
+    along with the 16-bit copy the kernels read anyway, instead of a pass of
+    its own (``csr_status``). ``n_cols`` must be at most ``PANEL_MAX``.
+    """
+    bad = False
+    n = indices.dtype.type(n_cols)  # compares in the index's own width: 16 lanes a vector for int32
+    zero = indices.dtype.type(0)
+    for p in range(nnz):
+        j = indices[p]
+        bad |= (j < zero) | (j >= n)
+        out[p] = np.uint16(j)
+    return bad
+
+
+@jit(fastmath=False)
 def csr_status(indptr, indices, n_cols):
     """Check raw CSR arrays before any kernel trusts them.
 

