@@ -97,12 +97,15 @@ def print_rows(rows):
               f" {st['bare'][0] / st['dense'][0]:10.2f}x")
 
 
-def measuring_cost(n_calls=100):
-    """Total time of a fresh model's first ``n_calls`` calls against the same calls with its
-    choices already known (a copy whose plan was measured and frozen beforehand), per case.
+def measuring_cost(n_calls=100, repeats=5):
+    """Total time of a fresh model's first ``n_calls`` calls against the same calls on a fresh
+    copy given its choices up front (frozen choices measured beforehand, restored as
+    :func:`sparseprune.load` restores a saved model's), per case.
 
-    Kernels are compiled before either is timed, so this is the cost of measuring itself:
+    Both start from an unused copy of the model, so both build their plan (timed); kernels
+    are compiled before either is timed. The difference is the cost of measuring itself:
     the calls that ran the slower candidate, the warm-up calls, a dense copy of the weights.
+    Medians over ``repeats`` pairs, the pair's order alternating.
     """
     rng = np.random.default_rng(3)
     out = []
@@ -114,20 +117,29 @@ def measuring_cost(n_calls=100):
         warm = copy.deepcopy(base)  # compiles every kernel either path needs
         for _ in range(60):
             warm.predict_proba(X)
-        known = copy.deepcopy(base)
-        for _ in range(60):
-            known.predict_proba(X)
-        known.plan_.freeze()
-        fresh = copy.deepcopy(base)
-        t0 = time.perf_counter()
-        for _ in range(n_calls):
-            fresh.predict_proba(X)
-        t_fresh = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(n_calls):
-            known.predict_proba(X)
-        t_known = time.perf_counter() - t0
-        out.append((f"{n_in}-{'-'.join(map(str, hidden))}-{n_out} at 95%", b, t_fresh, t_known))
+        choices = warm.plan_.freeze().to_dict()
+
+        def fresh_calls():
+            m = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            for _ in range(n_calls):
+                m.predict_proba(X)
+            return time.perf_counter() - t0
+
+        def known_calls():
+            m = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            m.plan_.load_dict(choices)
+            for _ in range(n_calls):
+                m.predict_proba(X)
+            return time.perf_counter() - t0
+
+        fresh, known = [], []
+        for r in range(repeats):
+            for name in (("fresh", "known") if r % 2 == 0 else ("known", "fresh")):
+                (fresh if name == "fresh" else known).append(fresh_calls() if name == "fresh" else known_calls())
+        out.append((f"{n_in}-{'-'.join(map(str, hidden))}-{n_out} at 95%", b, float(np.median(fresh)),
+                    float(np.median(known))))
     return out
 
 

@@ -31,12 +31,45 @@ def test_blocks_warm_up_and_the_lowest_minimum_wins():
     assert paths == ["sparse"] * n + ["dense"] * n  # one block each, in the given order
     assert ch.chosen == "sparse" and ch.settled  # 3x apart: not a close call
     assert ch.measured == {"sparse": 1.0, "dense": 3.0}
-    # The warm-up call is not timed: a huge first time changes nothing.
+    # The warm-up calls are not timed: a huge first time changes nothing...
     ch = Choice(("sparse", "dense"))
     call(ch, {"sparse": 100.0})
-    for _ in range(2 * dispatch.SAMPLES + 1):
+    while ch.chosen is None:
         call(ch, fast)
-    assert ch.chosen == "sparse" and ch.measured["sparse"] == 1.0
+    assert ch.chosen == "sparse" and ch.measured == {"sparse": 1.0, "dense": 3.0}
+
+
+def test_warm_up_lasts_while_calls_keep_getting_faster():
+    # A kernel ramping up after an idle spell (as measured: 640, 340, 290, 240, then 220 us):
+    # the warm-up goes on until a call is no longer RAMP x faster than the one before.
+    ch = Choice(("sparse", "dense"))
+    ramp = iter([6.4, 3.4, 2.9, 2.4, 2.2, 2.3, 2.2])
+    while ch._idx == 0 and ch.chosen is None:
+        call(ch, {"sparse": next(ramp)})
+    assert ch._times["sparse"] == [2.2, 2.3, 2.2]  # 6.4, 3.4, 2.9, 2.4 were warm-up calls
+    # Never more than MAX_WARMUP warm-up calls, however long the ramp.
+    ch = Choice(("sparse", "dense"))
+    for k in range(dispatch.MAX_WARMUP + 1):
+        call(ch, {"sparse": 0.5 ** k})
+    assert ch._times["sparse"] == [0.5 ** dispatch.MAX_WARMUP]
+
+
+def test_a_far_slower_candidate_stops_after_one_timed_call():
+    ch = Choice(("sparse", "dense"))
+    times = {"sparse": 1.0, "dense": dispatch.EARLY_OUT * 1.5}
+    paths = []
+    while ch.chosen is None:
+        paths.append(call(ch, times))
+    n = dispatch.SAMPLES + 1
+    assert paths == ["sparse"] * n + ["dense"] * 2  # dense: its warm-up and one timed call
+    assert ch.chosen == "sparse" and ch.settled
+    # Not far enough behind: timed in full.
+    ch = Choice(("sparse", "dense"))
+    times = {"sparse": 1.0, "dense": dispatch.EARLY_OUT * 0.9}
+    paths = []
+    while ch.chosen is None:
+        paths.append(call(ch, times))
+    assert paths == ["sparse"] * n + ["dense"] * n
 
 
 def test_near_ties_are_measured_again_up_to_max_rounds():

@@ -38,6 +38,9 @@ BATCHES = (1, 8, 16, 32, 64, 256)
 #: Sparse is chosen only when predicted at least this much faster than dense,
 #: so model error and timing noise fall on the dense side.
 SAFETY = 0.85
+#: Seconds per (weight row, input row) pair of the SpMV row kernel beyond its nonzeros: the
+#: row's loop set-up and reduction (0.8-1.5 ns measured on 60-180-row layers at batches 22-124).
+ROW_PAIR_S = 1.0e-9
 #: A candidate predicted this many times slower than the other is not measured.
 HOPELESS = 4.0
 #: Wall-clock budget for one calibration; what is left unmeasured keeps defaults.

@@ -13,8 +13,15 @@ How a :class:`Choice` measures, cheaply and robustly:
   candidate and its result is returned as usual, so nothing is computed
   twice. The candidates are measured one block after the other, in the
   order given: the first call of each is not timed (it pays compilation,
-  page faults, a dense copy of the weights, cold caches), then ``SAMPLES``
-  calls are timed, per input row. Blocks, not alternating calls: after a
+  page faults, a dense copy of the weights, cold caches), nor the next ones
+  while each is faster than ``RAMP`` times the one before (up to
+  ``MAX_WARMUP`` calls: after an idle spell a parallel kernel takes a few
+  calls to reach its steady speed, and timing those made the dispatcher
+  sweep keep dense BLAS on layers where the sparse kernel was 1.5x faster), then ``SAMPLES``
+  calls are timed, per input row (fewer, when the first is more than
+  ``EARLY_OUT`` times the best of a candidate already measured: in the
+  serving benchmark, measuring dense BLAS on 95 %-pruned layers at batch 256
+  was most of what a model's first 100 calls paid). Blocks, not alternating calls: after a
   multi-threaded BLAS call OpenBLAS's workers spin on the cores for about
   0.1 s, and a parallel sparse kernel run in that window measured 2-3x
   slower, so alternating calls would time each path in the other's wake
@@ -60,6 +67,13 @@ __all__ = ["Choice", "bucket_of"]
 
 #: Timed calls per candidate and round (after one untimed warm-up call).
 SAMPLES = 3
+#: Warm-up calls of a candidate continue while each is faster than RAMP x the previous one...
+RAMP = 0.9
+#: ... up to this many calls.
+MAX_WARMUP = 8
+#: A candidate whose first timed call takes more than this times the best of a candidate
+#: already measured in full is not timed further in that round.
+EARLY_OUT = 3.0
 #: Two candidates whose best times are within this fraction are measured again.
 CLOSE = 0.05
 #: Most measuring rounds before the lower minimum wins anyway.
@@ -111,7 +125,8 @@ class Choice:
     """
 
     __slots__ = ("candidates", "chosen", "frozen", "reason", "_idx", "_seen", "_times", "_rounds", "_best",
-                 "_slow", "_lock", "n_remeasured", "_fixed", "_tick", "_max_rounds", "_confirm_after", "_confirmed")
+                 "_slow", "_lock", "n_remeasured", "_fixed", "_tick", "_max_rounds", "_confirm_after", "_confirmed",
+                 "_warm")
 
     def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False,
                  prior: str | None = None):
@@ -133,6 +148,7 @@ class Choice:
     def _reset(self) -> None:
         self._idx = 0
         self._seen = {c: 0 for c in self.candidates}
+        self._warm = {c: math.inf for c in self.candidates}
         self._times = {c: [] for c in self.candidates}
         self._rounds = 1
         self._max_rounds = MAX_ROUNDS
@@ -181,6 +197,7 @@ class Choice:
                             self.chosen = None
                             self._idx = 0
                             self._seen = {c: 0 for c in self.candidates}
+                            self._warm = {c: math.inf for c in self.candidates}
                             self._rounds += 1
                             self._max_rounds = self._rounds + MAX_ROUNDS - 1
                     return
@@ -198,13 +215,22 @@ class Choice:
         with self._lock:
             if self.chosen is not None or candidate != self.candidates[self._idx]:
                 return  # a concurrent call that started before the block moved on
-            self._seen[candidate] += 1
-            if self._seen[candidate] == 1:
-                return  # the first call of each candidate is a warm-up
+            seen = self._seen[candidate] = self._seen[candidate] + 1
+            if seen == 1 or (seen <= MAX_WARMUP and per_row < RAMP * self._warm[candidate]):
+                # Warm-up: the first call of each candidate, and the next ones while they keep
+                # getting faster (a parallel kernel after an idle spell ran 640, 340, 290, 240 us,
+                # then 220 us steady; BLAS is steady from its second call).
+                self._warm[candidate] = per_row
+                return
             times = self._times[candidate]
             times.append(per_row)
             if len(times) < SAMPLES * self._rounds:
-                return
+                lead = min((min(t) for c, t in self._times.items() if c != candidate and len(t) >= SAMPLES),
+                           default=math.inf)
+                if per_row <= EARLY_OUT * lead:
+                    return
+                # Far behind a candidate already measured in full: its other samples would only
+                # cost calls on the slow path.
             self._idx += 1
             if self._idx < len(self.candidates):
                 return

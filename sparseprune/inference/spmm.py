@@ -343,10 +343,16 @@ def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decisi
         return make("sparse", "empty output: nothing to compute.")
     table = _cal.get_table(n_threads)
     td = _cal.per_unit(table, "dense_per_mac", batch) * n_out * n_in
-    ts = _cal.per_unit(table, "sparse_per_nnz", batch) * nnz
-    # A few rows run the SpMV row kernel (no packing: its per-row costs are in the per-nnz one);
-    # larger batches the SpMM kernels, which pack X and keep partial sums per output row.
+    # A few rows run the SpMV row kernel: one gathered dot product per weight row and input
+    # row, so batch times the SpMV's cost per nonzero plus a fixed cost per such pair
+    # (the batched per-nnz cost, measured on the SpMM kernels that reuse each weight across
+    # 16-64 lanes, underestimated it up to 13x at batch 22). Larger batches run the SpMM
+    # kernels, which pack X and keep partial sums per output row.
     row_kernel = batch <= ROWS_MAX_BATCH or nnz * batch <= ROWS_MAX_WORK
+    if row_kernel:
+        ts = batch * (_cal.per_unit(table, "sparse_per_nnz", 1) * nnz + _cal.ROW_PAIR_S * n_out)
+    else:
+        ts = _cal.per_unit(table, "sparse_per_nnz", batch) * nnz
     if "pack_per_col" in table and not row_kernel:
         ts += _cal.per_unit(table, "pack_per_col", batch) * n_in
     if "out_per_row" in table and not row_kernel:
@@ -725,8 +731,10 @@ class SparseLinear:
         self._decisions: dict[tuple, Decision] = {}
         self._step_cache: dict[tuple, tuple] = {}
         self._choices: dict[tuple, Choice] = {}
-        # Settled calls' direct path, per among_sparse: X.shape -> (choice, path, runner, threads, watch).
-        self._hot: tuple[dict, dict] = ({}, {})
+        # Settled calls' direct path (among_sparse False, True):
+        # X.shape -> (choice, path, runner, threads, watch, any_order).
+        self._hot0: dict[tuple, tuple] = {}
+        self._hot1: dict[tuple, tuple] = {}
         self._runners: dict[tuple, object] = {}
         #: Path of the latest call ("dense" or "sparse").
         self.last_path: str | None = None
@@ -866,10 +874,10 @@ class SparseLinear:
         if type(X) is np.ndarray and method == "auto":
             # A settled call: one dict lookup and a few compares before the kernel (or BLAS) call.
             # A few-microsecond layer pays every step here (each is 30-60 ns of Python).
-            hot = self._hot[among_sparse].get(X.shape)
+            hot = (self._hot1 if among_sparse else self._hot0).get(X.shape)
             if hot is not None:
-                ch, path, run, n_threads, watch = hot
-                if (ch.chosen is path and X.dtype is self.dtype and X.flags.c_contiguous
+                ch, path, run, n_threads, watch, any_order = hot
+                if (ch.chosen is path and X.dtype is self.dtype and (any_order or X.flags.c_contiguous)
                         and _num_threads_now() == n_threads):
                     self.last_path = path
                     if not watch:
@@ -914,11 +922,13 @@ class SparseLinear:
             ch.record(path, time.perf_counter() - t0, batch)
         chosen = ch.chosen
         if chosen is not None:
-            hot = self._hot[among_sparse]
+            hot = self._hot1 if among_sparse else self._hot0
             if len(hot) > 64:
                 hot.clear()
             watch = not (ch.frozen or ch._fixed or len(ch.candidates) == 1)
-            hot[X.shape] = (ch, chosen, self._runner(chosen, batch, n_threads, among_sparse), n_threads, watch)
+            run = self._runner(chosen, batch, n_threads, among_sparse)
+            # The dense runners (X @ W.T) take X in any layout; the compiled kernels want C order.
+            hot[X.shape] = (ch, chosen, run, n_threads, watch, chosen == "dense")
         return Y
 
     def _runner(self, path: str, batch: int, n_threads: int, among_sparse: bool):
