@@ -9,7 +9,7 @@ Also the cost of the plan's measuring: a fresh model's first 100 calls against
 the same calls with its choices already known.
 
 Run: ``pytest benchmarks/bench_serving.py -o python_files='bench_*.py' -s``
-(or ``python benchmarks/bench_serving.py [--big | --cost]``).
+(or ``python benchmarks/bench_serving.py [--big | --cost | --fixed]``).
 ``SPARSEPRUNE_BENCH_QUICK=1`` shrinks it to a smoke run.
 """
 from __future__ import annotations
@@ -143,6 +143,57 @@ def measuring_cost(n_calls=100, repeats=5):
     return out
 
 
+def fixed_cost():
+    """The fixed cost of a call, where the work itself is a few hundred multiply-adds.
+
+    Per case, (name, ours, baseline) as (median, p90) seconds: a settled
+    ``SparseLinear`` call against the bare operation it ends in (``X @ W.T``
+    when it keeps dense BLAS; the SpMV row kernel called directly, output
+    allocated, when it runs sparse), and a fitted 16-8-2 model's
+    ``predict_proba`` against bare numpy on its dense weights, at batch 1.
+    """
+    from sparseprune.kernels import spmm as kspmm
+
+    rng = np.random.default_rng(4)
+    out = []
+    for n_out, n_in, sparsity in ((32, 64, 0.0), (1024, 256, 0.99)):
+        W = rng.standard_normal((n_out, n_in)).astype(np.float32)
+        layer = sparseprune.SparseLinear(sparseprune.magnitude_prune(W, sparsity) if sparsity else W)
+        x = rng.standard_normal((1, n_in)).astype(np.float32)
+        for _ in range(300):  # settle the dispatcher
+            layer(x)
+        path = layer.explain(x).path
+        if path == "dense":
+            WT = layer._dense().T
+
+            def bare(X, WT=WT):
+                return X @ WT
+        else:
+            rs, ptr, d, c, b = layer._parts(1), layer._indptr, layer._data, layer._spmv_cols, layer.bias
+
+            def bare(X, rs=rs, ptr=ptr, d=d, c=c, b=b, n=n_out):
+                Y = np.empty((1, n), np.float32)
+                kspmm.spmv_rows_serial(d, c, ptr, X, b, 0, rs, Y)
+                return Y
+
+        st = block_stats({"ours": layer, "bare": bare}, x)
+        what = "X @ W.T" if path == "dense" else "its kernel"
+        out.append((f"SparseLinear {n_out}x{n_in}, {1 - sparsity:.0%} dense, batch 1 ({path}; bare: {what})",
+                    st["ours"], st["bare"]))
+    model = _fit(16, (8,), 2)
+    x16 = rng.standard_normal((1, 16)).astype(np.float32)
+    st = block_stats({"ours": model.predict_proba, "bare": bare_numpy(model)}, x16)
+    out.append(("16-8-2 predict_proba, batch 1 (bare: numpy forward)", st["ours"], st["bare"]))
+    return out
+
+
+def print_fixed(rows):
+    print(f"\n{'call':66s} {'ours (median, p90)':>20s} {'bare (median, p90)':>20s}  ours - bare")
+    for name, o, b in rows:
+        print(f"{name:66s} {o[0] * 1e6:8.2f} {o[1] * 1e6:8.2f} us {b[0] * 1e6:8.2f} {b[1] * 1e6:8.2f} us"
+              f" {1e6 * (o[0] - b[0]):+8.2f} us")
+
+
 def print_cost(rows):
     print(f"\n{'model':28s} {'batch':>5s}  first 100 calls, fresh   same calls, choices known   overhead")
     for name, b, tf, tk in rows:
@@ -172,5 +223,7 @@ if __name__ == "__main__":
     with sparseprune.thread_limit(numba.config.NUMBA_NUM_THREADS):
         if "--cost" in sys.argv:
             print_cost(measuring_cost())
+        elif "--fixed" in sys.argv:
+            print_fixed(fixed_cost())
         else:
             print_rows(serving_rows(shapes=SHAPES + ([BIG] if "--big" in sys.argv else [])))
