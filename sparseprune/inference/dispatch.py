@@ -17,11 +17,11 @@ How a :class:`Choice` measures, cheaply and robustly:
   while each is faster than ``RAMP`` times the one before (up to
   ``MAX_WARMUP`` calls: after an idle spell a parallel kernel takes a few
   calls to reach its steady speed, and timing those made the dispatcher
-  sweep keep dense BLAS on layers where the sparse kernel was 1.5x faster), then ``SAMPLES``
-  calls are timed, per input row (fewer, when the first is more than
-  ``EARLY_OUT`` times the best of a candidate already measured: in the
-  serving benchmark, measuring dense BLAS on 95 %-pruned layers at batch 256
-  was most of what a model's first 100 calls paid). Blocks, not alternating calls: after a
+  sweep keep dense BLAS on a layer where the sparse kernel was 1.7x faster),
+  then ``SAMPLES`` calls are timed, per input row (only one, when it takes
+  more than ``EARLY_OUT`` times the best of a candidate already measured:
+  in the serving benchmark, measuring dense BLAS on 95 %-pruned layers at
+  batch 256 was most of what a model's first 100 calls paid). Blocks, not alternating calls: after a
   multi-threaded BLAS call OpenBLAS's workers spin on the cores for about
   0.1 s, and a parallel sparse kernel run in that window measured 2-3x
   slower, so alternating calls would time each path in the other's wake
@@ -36,19 +36,20 @@ How a :class:`Choice` measures, cheaply and robustly:
   lowest minimum over both rounds wins. A process's first calls are the
   noisiest (imports, compilation, and the wake of whatever ran just before:
   after a multi-threaded BLAS call OpenBLAS's workers spin for about 0.1 s,
-  and a parallel sparse kernel measured in that window ran 1.5x slower), and
+  and a parallel sparse kernel measured in that window ran 1.9x slower), and
   a choice made there alone was wrong on several layers of the dispatcher
-  sweep. The loser's few extra calls cost about 2 % of the first 100.
+  sweep. The confirming round costs the same calls as the first one, once.
 - After the choice, one call in ``WATCH_EVERY`` is timed (:meth:`Choice.watch`)
   and compared with the winner's measured minimum; ``DRIFT_CALLS`` such
   calls in a row slower than ``DRIFT`` times it (a sustained change, not an
-  outlier) start a new measurement. Timing every call would cost two clock
-  reads and a method call, 0.3-0.5 us: a tenth of a few-microsecond layer.
+  outlier) start a new measurement. Timing every call would add two clock
+  reads and a method call to every call of a layer that may take 2 us.
 - A frozen choice (``freeze``, or loaded with a model) never changes.
 
 Everything is in memory: nothing is written to disk unless the user saves a
-model with its frozen plan. All state changes happen under a lock, so any
-number of threads may call at once.
+model with its frozen plan. All state changes happen under a lock, but the
+count of settled calls (a lost increment only shifts which call is timed),
+so any number of threads may call at once.
 
 ``SPARSEPRUNE_DISPATCH=model`` turns measuring off: every choice is the cost
 model's first candidate, at once and for good (no re-measuring). Choices then
@@ -65,7 +66,7 @@ import time
 
 __all__ = ["Choice", "bucket_of"]
 
-#: Timed calls per candidate and round (after one untimed warm-up call).
+#: Timed calls per candidate and round (after the untimed warm-up calls).
 SAMPLES = 3
 #: Warm-up calls of a candidate continue while each is faster than RAMP x the previous one...
 RAMP = 0.9
