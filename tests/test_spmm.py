@@ -442,6 +442,17 @@ def test_cost_model_only_rules_out_hopeless_candidates():
     sparseprune.set_calibration(_table(1e-9, 32e-9))
     ch = sparseprune.SparseLinear(W)._choice_for(16, 2)
     assert ch.candidates == ("dense",) and ch.chosen == "dense"
+    # sparse predicted about 3.2x faster (batch 16, the row kernel: 16 x 4096 x 1e-9 against
+    # 16 x (1024 x 1.2e-9 + 64 x 1e-9); batch 64, the SpMM kernels: 3.3x). On the row kernel only
+    # HOPELESS (4x) rules a path out; on the SpMM path dense is not measured from
+    # HOPELESS_DENSE_SPMM (2.5x) on.
+    sparseprune.set_calibration(_table(1e-9, 1.2e-9))
+    assert sparseprune.SparseLinear(W)._choice_for(16, 2).candidates == ("sparse", "dense")
+    assert sparseprune.SparseLinear(W)._choice_for(64, 2).candidates == ("sparse",)
+    # ... but sparse predicted 3.25x slower on the SpMM path is still measured (sparse is left
+    # unmeasured only from HOPELESS).
+    sparseprune.set_calibration(_table(1e-9, 13e-9))
+    assert sparseprune.SparseLinear(W)._choice_for(64, 2).candidates == ("sparse", "dense")
 
 
 @pytest.mark.dispatcher
@@ -797,8 +808,9 @@ def test_dispatch_policy_model_takes_the_cost_models_path_without_measuring(monk
     W = random_csr(rng, 300, 200, 0.1)
     X = rng.standard_normal((16, 200)).astype(np.float32)
     threads = sparseprune.get_num_threads()
-    for table, want in (((1e-9, 3e-8), "dense"), ((1e-9, 3e-9), "sparse")):
-        # sparse predicted 3x slower, then 3.3x faster: within HOPELESS (4x), so both are candidates
+    for table, want in (((1e-9, 3e-8), "dense"), ((1e-9, 5e-9), "sparse")):
+        # sparse predicted 3x slower, then 2x faster: within HOPELESS (4x) and HOPELESS_DENSE_SPMM
+        # (2.5x), so both are candidates
         sparseprune.set_calibration(_table(*table))
         try:
             monkeypatch.setenv("SPARSEPRUNE_DISPATCH", "model")

@@ -43,6 +43,9 @@ SAFETY = 0.85
 ROW_PAIR_S = 1.0e-9
 #: A candidate predicted this many times slower than the other is not measured.
 HOPELESS = 4.0
+#: ... and dense BLAS predicted this many times slower than the batched SpMM kernels
+#: (see spmm._new_choice).
+HOPELESS_DENSE_SPMM = 2.5
 #: Wall-clock budget for one calibration; what is left unmeasured keeps defaults.
 BUDGET_S = 3.0
 #: Rounds of (all sparse, all dense) timings, best kept; the pause between

@@ -280,7 +280,13 @@ def _new_choice(prior: Decision) -> Choice:
     """The measuring dispatcher's candidates for one layer and batch bucket, from the cost model's prior.
 
     A path predicted ``HOPELESS`` times slower than the other is not
-    measured; otherwise both are, the predicted faster one first.
+    measured; otherwise both are, the predicted faster one first. Dense
+    BLAS against the batched SpMM kernels is ruled out from
+    ``HOPELESS_DENSE_SPMM`` already: there the cost model, calibrated on
+    those kernels, was within 1.8x of the measured ratio on every layer of
+    the dispatcher sweep, and measuring dense costs a dense copy of the
+    weights (its first touch of fresh memory was most of what a 95 %-pruned
+    784-300-100-10 model's first 100 calls at batch 256 paid for measuring).
     """
     forced = _forced_method()
     if forced is not None:
@@ -288,7 +294,8 @@ def _new_choice(prior: Decision) -> Choice:
     td, ts = prior.predicted_dense_s, prior.predicted_sparse_s
     if not (td > 0 and ts > 0):
         return Choice(("sparse",), prior.reason)
-    if ts * _cal.HOPELESS <= td:
+    spmm = prior.batch > ROWS_MAX_BATCH and prior.nnz * prior.batch > ROWS_MAX_WORK
+    if ts * (_cal.HOPELESS_DENSE_SPMM if spmm else _cal.HOPELESS) <= td:
         return Choice(("sparse",), f"the cost model predicts sparse {td / ts:.1f}x faster: dense not measured.")
     if td * _cal.HOPELESS <= ts:
         return Choice(("dense",), f"the cost model predicts dense {ts / td:.1f}x faster: sparse not measured.")
