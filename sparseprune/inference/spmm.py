@@ -283,8 +283,8 @@ def _new_choice(prior: Decision) -> Choice:
     measured; otherwise both are, the predicted faster one first. Dense
     BLAS against the batched SpMM kernels is ruled out from
     ``HOPELESS_DENSE_SPMM`` already: there the cost model, calibrated on
-    those kernels, was within 1.8x of the measured ratio on every layer of
-    the dispatcher sweep, and measuring dense costs a dense copy of the
+    those kernels, was never more than 1.83x too optimistic about sparse on
+    the dispatcher sweep's layers, and measuring dense costs a dense copy of the
     weights (its first touch of fresh memory was most of what a 95 %-pruned
     784-300-100-10 model's first 100 calls at batch 256 paid for measuring).
     """
