@@ -14,6 +14,7 @@ from naive import random_csr, ref_linear
 
 import sparseprune
 from sparseprune.inference import costmodel as cal
+from sparseprune.inference import dispatch as dispatch_mod
 from sparseprune.inference import spmm as spmm_mod
 from sparseprune.inference import threads as threads_mod
 
@@ -647,6 +648,47 @@ def test_single_thread_blas_is_counted_and_restored():
         for t in threads:
             t.join()
         assert blas_threads() == before
+
+
+@pytest.mark.dispatcher
+def test_measuring_and_settled_calls_from_many_threads(monkeypatch):
+    # Eight threads call one layer at once, each with its own batch size, while the dispatcher
+    # measures (both paths run), settles and then takes the settled calls' direct path: every
+    # answer matches the reference, nothing raises, and every batch size ends up settled.
+    monkeypatch.setenv("SPARSEPRUNE_DISPATCH", "measure")
+    monkeypatch.setattr(dispatch_mod, "CONFIRM_AFTER_S", 0.0)  # the confirming round happens too
+    rng = np.random.default_rng(21)
+    W = random_csr(rng, 120, 90, 0.2)
+    b = rng.standard_normal(120).astype(np.float32)
+    layer = sparseprune.SparseLinear(W, b, "relu")
+    sparseprune.set_calibration(_table(1e-9, 8e-9))  # both paths measured at every batch
+    inputs = [rng.standard_normal((n, 90)).astype(np.float32) for n in (1, 1, 2, 3, 16, 16, 40, 130)]
+    expected = [ref_linear(x, W.toarray(), b, "relu") for x in inputs]
+    errors: list = []
+    start = threading.Barrier(8)
+
+    def work(k):
+        try:
+            start.wait()
+            for _ in range(150):
+                np.testing.assert_allclose(layer(inputs[k]), expected[k], rtol=1e-4, atol=1e-4)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
+    n = sparseprune.get_num_threads()
+    for x, want in zip(inputs, expected):
+        ch = layer._choice_for(spmm_mod.bucket_of(x.shape[0]), n)
+        for _ in range(400):  # a confirming round may still be under way: finish it here
+            if ch.settled:
+                break
+            np.testing.assert_allclose(layer(x), want, rtol=1e-4, atol=1e-4)
+        assert ch.settled and ch.chosen in ("dense", "sparse") and set(ch.measured) == {"dense", "sparse"}
 
 
 def test_prepared_layer_dense_fallback_matches_reference():
