@@ -560,8 +560,28 @@ def test_interpolation_between_batches():
     assert cal.per_unit(t, "sparse_per_nnz", 512) == pytest.approx(1024e-9)
 
 
-@pytest.mark.parallel
 # ---------------------------------------------------------------- threads
+def _in_threads(work, n: int = 8) -> list:
+    """Run ``work(k)`` for k in range(n) on n threads started together; the exceptions they raised."""
+    errors: list = []
+    start = threading.Barrier(n)
+
+    def run(k):
+        try:
+            start.wait()
+            work(k)
+        except Exception as exc:  # pragma: no cover - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+@pytest.mark.parallel
 def test_eight_python_threads_same_results(monkeypatch):
     monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmm", 0)  # every call launches parallel kernels
     monkeypatch.setitem(threads_mod.SERIAL_WORK, "spmv", 0)
@@ -574,26 +594,15 @@ def test_eight_python_threads_same_results(monkeypatch):
     expected = [(layer(x, method="sparse"), sparseprune.linear(x, W, layer.bias, "relu", method="sparse"))
                 for x in inputs]
     results: list = [None] * 8
-    errors: list = []
-    start = threading.Barrier(8)
 
     def work(k):
-        try:
-            start.wait()
-            out = []
-            for _ in range(5):
-                out.append(layer(inputs[k], method="sparse"))
-                out.append(sparseprune.linear(inputs[k], W, layer.bias, "relu", method="sparse"))
-            results[k] = out
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        out = []
+        for _ in range(5):
+            out.append(layer(inputs[k], method="sparse"))
+            out.append(sparseprune.linear(inputs[k], W, layer.bias, "relu", method="sparse"))
+        results[k] = out
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not _in_threads(work)
     for k in range(8):
         for i, Y in enumerate(results[k]):
             np.testing.assert_array_equal(Y, expected[k][i % 2])
@@ -664,22 +673,12 @@ def test_measuring_and_settled_calls_from_many_threads(monkeypatch):
     sparseprune.set_calibration(_table(1e-9, 8e-9))  # both paths measured at every batch
     inputs = [rng.standard_normal((n, 90)).astype(np.float32) for n in (1, 1, 2, 3, 16, 16, 40, 130)]
     expected = [ref_linear(x, W.toarray(), b, "relu") for x in inputs]
-    errors: list = []
-    start = threading.Barrier(8)
 
     def work(k):
-        try:
-            start.wait()
-            for _ in range(150):
-                np.testing.assert_allclose(layer(inputs[k]), expected[k], rtol=1e-4, atol=1e-4)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(150):
+            np.testing.assert_allclose(layer(inputs[k]), expected[k], rtol=1e-4, atol=1e-4)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _in_threads(work)
     assert not errors, errors[:1]
     n = sparseprune.get_num_threads()
     for x, want in zip(inputs, expected):
