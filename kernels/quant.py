@@ -230,9 +230,9 @@ def qspmv_perm_forward(parallel: bool = False):
 def _qspmv_forward(codes, cols, indptr, table, rowscale, lookup, X, bias, act, row_starts):
     """``(Y, nonfinite)`` for one input row ``X[0]``: Y of shape (1, out); one range of ``row_starts`` per iteration.
 
-    Allocation, product and the NaN/inf check of ``X[0]`` in one compiled call
-    (as ``kernels.spmm._spmv_forward``: separate Python steps cost more than the
-    steps themselves on a sub-millisecond product).
+    Allocation, product and the NaN/inf check of ``X[0]`` in one compiled call:
+    separate Python steps cost more than the steps themselves on a
+    sub-millisecond product.
     """
     x = X[0]
     Y = np.empty((1, indptr.size - 1), X.dtype)

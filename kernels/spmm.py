@@ -51,13 +51,14 @@ Vector width
     lanes. The packed input starts on a 64-byte boundary, so each zmm load is
     one cache line.
 
-Batch-1 SpMV (:func:`spmv_forward_parallel`, :func:`spmv_forward_serial`)
-    One plain loop per row over views of the row's values and columns, on
-    plain CSR (16-bit column indices where they fit), with reassociation
+Batch 1 and a few rows (:func:`spmv_rows_serial`, :func:`spmv_rows_parallel`)
+    One plain loop per weight row over views of the row's values and columns,
+    on plain CSR (16-bit column indices where they fit), with reassociation
     allowed, so LLVM vectorises it with gathers of ``x`` (16 float32 lanes on
-    AVX-512). Threads take nnz-balanced ranges of rows. A few input rows run
-    the same loop once per row while the weight row sits in L1
-    (:func:`spmv_rows_serial` / :func:`spmv_rows_parallel`).
+    AVX-512), run for each input row while the weight row sits in L1. Threads
+    take nnz-balanced ranges of rows. The output array is allocated by the
+    caller: a compiled function that returns a fresh array pays ~0.4 us more
+    to box it.
 
 Activation codes (``ACTIVATIONS``): 0 identity, 1 relu, 2 tanh, 3 logistic.
 
@@ -464,25 +465,6 @@ def spmv(data, indices, indptr, x, bias, act, row_starts, y):
             for k in range(d.size):
                 s += d[k] * x[c[k]]
             y[i] = _activate(s + bias[i], act, zero)
-
-
-def _spmv_forward(data, indices, indptr, X, bias, act, row_starts):
-    """One input row ``X[0]`` through :func:`spmv`: returns ``(Y, nonfinite)``, Y of shape (1, out).
-
-    Allocation, the product (one range of ``row_starts`` per parallel
-    iteration) and the NaN/inf check of ``X[0]`` in one compiled call:
-    the same steps as separate Python calls measured 60 us slower on a
-    0.4 ms 4096 x 4096 product (the gaps between calls, not the steps).
-    """
-    x = X[0]
-    Y = np.empty((1, indptr.size - 1), data.dtype)
-    y = Y[0]
-    for t in numba.prange(row_starts.size - 1):
-        spmv(data, indices, indptr, x, bias, act, row_starts[t:t + 2], y)
-    return Y, row_nonfinite(x)
-
-
-spmv_forward_serial, spmv_forward_parallel = jit_variants(_spmv_forward)
 
 
 def _spmv_rows(data, indices, indptr, X, bias, act, row_starts, Y):

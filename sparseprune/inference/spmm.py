@@ -307,8 +307,6 @@ def _new_choice(prior: Decision) -> Choice:
 def _kernel_name(batch: int, nnz: int) -> str:
     n = numba.get_num_threads()
     parallel = _goes_parallel(nnz, max(batch, 1), n)
-    if batch <= 1:
-        return f"kernels.spmm.spmv ({n if parallel else 1} thread{'s' if parallel and n > 1 else ''})"
     if batch <= ROWS_MAX_BATCH or nnz * batch <= ROWS_MAX_WORK:
         par = _goes_parallel(nnz * batch, 1, n)
         return f"kernels.spmm.spmv_rows ({n if par else 1} thread{'s' if par and n > 1 else ''})"
@@ -602,13 +600,21 @@ def _spmm_forward(X: np.ndarray, steps: tuple, bias, act: int, n_out: int):
     return Y, flags, n_bad
 
 
-def _spmv(X, data, indices, indptr, bias, act, row_starts_for, n_threads):
-    """Batch 1: ``(Y, has_nonfinite)``."""
-    X = np.ascontiguousarray(X)
-    if _goes_parallel(int(indptr[-1]), 1, n_threads):
-        return run_parallel(_k.spmv_forward_parallel, data, indices, indptr, X, bias, act,
-                            row_starts_for(PARTS_PER_THREAD * n_threads))
-    return _k.spmv_forward_serial(data, indices, indptr, X, bias, act, row_starts_for(1))
+def _row_kernel(nnz: int, n_batch: int, n_threads: int, row_starts_for):
+    """``(kernel, row_starts, parallel)`` of the SpMV row kernel for ``n_batch`` input rows."""
+    if _goes_parallel(nnz * n_batch, 1, n_threads):
+        return _k.spmv_rows_parallel, row_starts_for(PARTS_PER_THREAD * n_threads), True
+    return _k.spmv_rows_serial, row_starts_for(1), False
+
+
+def _rows_product(X, Y, kernel, row_starts, parallel: bool, data, cols, indices, indptr, bias, act):
+    """``Y = act(X @ W.T + bias)`` by the SpMV row kernel for C-ordered ``X``, NaN/inf as in the dense product."""
+    bad = (run_parallel(kernel, data, cols, indptr, X, bias, act, row_starts, Y) if parallel
+           else kernel(data, cols, indptr, X, bias, act, row_starts, Y))
+    if bad:
+        rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        _propagate_nonfinite(X, rows, data, indices, indptr, bias, act, Y)
+    return Y
 
 
 def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, tiled,
@@ -624,26 +630,12 @@ def _sparse_forward(X, data, indices, indptr, bias, act, n_out, row_starts_for, 
         return np.empty((n_batch, n_out), dtype=data.dtype)
     if n_threads is None:
         n_threads = numba.get_num_threads()
-    if n_batch == 1:
-        cols = indices if spmv_cols is None else spmv_cols
-        Y, bad = _spmv(X, data, cols, indptr, bias, act, row_starts_for, n_threads)
-        if bad:
-            _propagate_nonfinite(X, np.zeros(1, np.int64), data, indices, indptr, bias, act, Y)
-        return Y
     nnz = int(indptr[-1])
-    if n_batch <= ROWS_MAX_BATCH or nnz * n_batch <= ROWS_MAX_WORK:
-        X = np.ascontiguousarray(X)
-        Y = np.empty((n_batch, n_out), data.dtype)
+    if n_batch <= ROWS_MAX_BATCH or nnz * n_batch <= ROWS_MAX_WORK:  # batch 1 included
         cols = indices if spmv_cols is None else spmv_cols
-        if _goes_parallel(nnz * n_batch, 1, n_threads):
-            bad = run_parallel(_k.spmv_rows_parallel, data, cols, indptr, X, bias, act,
-                               row_starts_for(PARTS_PER_THREAD * n_threads), Y)
-        else:
-            bad = _k.spmv_rows_serial(data, cols, indptr, X, bias, act, row_starts_for(1), Y)
-        if bad:
-            rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
-            _propagate_nonfinite(X, rows, data, indices, indptr, bias, act, Y)
-        return Y
+        return _rows_product(np.ascontiguousarray(X), np.empty((n_batch, n_out), data.dtype),
+                             *_row_kernel(nnz, n_batch, n_threads, row_starts_for),
+                             data, cols, indices, indptr, bias, act)
     steps = (steps_for(n_batch, n_threads) if steps_for
              else _forward_steps(n_batch, n_threads, tiled, nnz))
     Y, flags, n_bad = _spmm_forward(X, steps, bias, act, n_out)
@@ -980,19 +972,12 @@ class SparseLinear:
             return lambda X: self._run(path, X, n_threads, among_sparse)
         # One input row or a few: the SpMV row kernel, writing into an array allocated here
         # (an array returned from a compiled call costs ~0.4 us more to box).
-        parallel = _goes_parallel(nnz * batch, 1, n_threads)
-        kern = _k.spmv_rows_parallel if parallel else _k.spmv_rows_serial
-        data, cols, indptr, indices = self._data, self._spmv_cols, self._indptr, self._indices
-        bias, act, dtype = self.bias, self._act, self.dtype
-        rs = self._parts(PARTS_PER_THREAD * n_threads if parallel else 1)
+        kernel = _row_kernel(nnz, batch, n_threads, self._parts)
+        weights = (self._data, self._spmv_cols, self._indices, self._indptr, self.bias, self._act)
+        shape, dtype = (batch, n_out), self.dtype
 
         def sparse(X):
-            Y = np.empty((batch, n_out), dtype)
-            if (run_parallel(kern, data, cols, indptr, X, bias, act, rs, Y) if parallel
-                    else kern(data, cols, indptr, X, bias, act, rs, Y)):
-                rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
-                _propagate_nonfinite(X, rows, data, indices, indptr, bias, act, Y)
-            return Y
+            return _rows_product(X, np.empty(shape, dtype), *kernel, *weights)
 
         return sparse
 
@@ -1113,13 +1098,10 @@ def _one_off_spmv(X, W, bias, act: int):
     in X, a corrupt matrix) returns None, and the fully validated path then
     runs or raises its error.
     """
+    if not _trusted_csr(X, W):
+        return None
     data, indices, indptr = W.data, W.indices, W.indptr
     n_out, n_in = W.shape
-    if not (X.shape[1] == n_in and n_in > 0 and X.dtype == data.dtype and data.dtype in FLOAT_DTYPES
-            and indices.dtype == indptr.dtype and indices.dtype in _INDEX_DTYPES and indptr.ndim == 1
-            and indptr.size == n_out + 1 and indptr[0] == 0 and indptr[-1] <= min(data.size, indices.size)
-            and W.has_canonical_format):
-        return None
     x = X[0]
     if not x.flags.c_contiguous:
         return None
@@ -1133,6 +1115,23 @@ def _one_off_spmv(X, W, bias, act: int):
 
 
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def _trusted_csr(X, W) -> bool:
+    """The O(1) checks a one-off ``linear(X, W_csr)`` makes before trusting scipy's canonical flag.
+
+    Shapes, dtypes (float data, int32/int64 indices, X of W's dtype), ``indptr``
+    starting at 0 and ending within the arrays, and ``has_canonical_format``
+    (computed once by scipy and cached on the matrix). What needs a pass over
+    the arrays is checked later, inside the pass the product makes anyway.
+    """
+    data, indices, indptr = W.data, W.indices, W.indptr
+    n_out, n_in = W.shape
+    return bool(X.shape[1] == n_in and n_in > 0 and n_out > 0 and X.dtype == data.dtype
+                and data.dtype in FLOAT_DTYPES and data.ndim == 1 and indices.ndim == 1 and indptr.ndim == 1
+                and indices.dtype == indptr.dtype and indices.dtype in _INDEX_DTYPES
+                and indptr.size == n_out + 1 and indptr[0] == 0 and indptr[-1] <= min(data.size, indices.size)
+                and W.has_canonical_format)
 #: _scratch_array slot of the one-off call's 16-bit column copy (the SpMM steps use 0, 1, 2, ...).
 _ONE_OFF_SLOT = 1000
 
@@ -1149,15 +1148,12 @@ def _one_off_batched(X, W, bias, act: int, method: str):
     model still decides dense or sparse (dense pays for expanding W); a dense
     verdict, anything unusual, and a corrupt matrix return None.
     """
+    if not (_trusted_csr(X, W) and W.shape[1] <= _k.PANEL_MAX and (X.flags.c_contiguous or X.flags.f_contiguous)):
+        return None
     data, indices, indptr = W.data, W.indices, W.indptr
     n_out, n_in = W.shape
-    if not (X.shape[1] == n_in and 0 < n_in <= _k.PANEL_MAX and n_out > 0 and X.dtype == data.dtype
-            and data.dtype in FLOAT_DTYPES and indices.dtype in _INDEX_DTYPES and indptr.dtype in _INDEX_DTYPES
-            and indptr.ndim == 1 and indices.ndim == 1 and data.ndim == 1 and indptr.size == n_out + 1
-            and (X.flags.c_contiguous or X.flags.f_contiguous) and W.has_canonical_format):
-        return None
     nnz = int(indptr[-1])
-    if indptr[0] != 0 or nnz > min(data.size, indices.size) or (n_out > 1 and (np.diff(indptr) < 0).any()):
+    if (np.diff(indptr) < 0).any():  # the batched kernels do not clamp row ranges as the SpMV does
         return None
     d = _decide(X.shape[0], W.shape, nnz, method=method, weights="csr")
     if d.path != "sparse":
