@@ -56,8 +56,8 @@ def test_each_path_of_the_plan_equals_numpy(fitted, sparsity, batch):
     Xb = np.ascontiguousarray(np.resize(X, (batch, X.shape[1])))
     ref = ref_mlp(model_layers(m), Xb, m.activation, m.out_activation_)
     plan = m.plan_
-    for path in ("fused", "layers"):
-        out = plan._fused(Xb, 1) if path == "fused" else plan._layers(Xb, sparseprune.get_num_threads())
+    for path in ("fused", "fused-dense", "layers"):
+        out = plan._layers(Xb, sparseprune.get_num_threads()) if path == "layers" else plan._fused(Xb, 1, path=path)
         np.testing.assert_allclose(out, ref, rtol=2e-4, atol=2e-5, err_msg=path)
     # And through the public calls, as many times as the measuring takes.
     for _ in range(12):
@@ -154,7 +154,7 @@ def test_explain_measure_and_freeze(tmp_path):
     assert "layer 0: 300 x 64 (csr, density 10.0%)" in text
     assert "batch 1 row" in text and "batch 32-63 rows" in text
     ch = m.plan_.choices[(32, sparseprune.get_num_threads())]
-    assert ch.chosen in ("fused", "layers") and ch.state() in ("measured", "the only candidate")
+    assert ch.chosen in ("fused", "fused-dense", "layers") and ch.state() in ("measured", "the only candidate")
     m.plan_.freeze()
     assert ch.frozen
     path = tmp_path / "m.npz"
@@ -175,6 +175,29 @@ def test_explain_measure_and_freeze(tmp_path):
     with pytest.raises(ValueError, match="plan"):
         sparseprune.load(tmp_path / "bad.npz")
     assert zipfile.is_zipfile(path)
+
+
+def test_fused_dense_is_a_candidate_unless_hopeless(tmp_path):
+    """A small model at moderate sparsity measures its fused call with every layer dense too
+    (gathers can lose there); at 99.9 % the cost model leaves it out."""
+    m, X = _fit(n_in=64, hidden=(300, 100), n_classes=10)
+    m.prune(sparsity=0.9, scope="layer")
+    x1 = np.ascontiguousarray(X[:1])
+    ref = ref_mlp(model_layers(m), x1, "relu", "softmax")
+    for _ in range(30):
+        np.testing.assert_allclose(m.predict_proba(x1), ref, rtol=2e-4, atol=2e-5)
+    ch = m.plan_.choices[(1, sparseprune.get_num_threads())]
+    assert set(ch.candidates) == {"fused", "fused-dense"} and ch.chosen in ch.candidates
+    assert "every layer dense" in m.plan_.explain(1)
+    ch.freeze("fused-dense")
+    m.save(tmp_path / "m.npz")
+    m2 = sparseprune.load(tmp_path / "m.npz")
+    assert m2.plan_.choices[(1, sparseprune.get_num_threads())].chosen == "fused-dense"
+    for _ in range(3):
+        np.testing.assert_allclose(m2.predict_proba(x1), ref, rtol=2e-4, atol=2e-5)
+    m.prune(sparsity=0.999, scope="layer")
+    m.predict_proba(x1)
+    assert "fused-dense" not in m.plan_.choices[(1, sparseprune.get_num_threads())].candidates
 
 
 @pytest.mark.parallel
@@ -239,6 +262,7 @@ def test_fused_kernel_matches_numpy(net):
     ref = ref_mlp(layers, X, hidden, out)
     tol = 1e-4 if X.dtype == np.float32 else 1e-10
     np.testing.assert_allclose(plan._fused(X, 1), ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(plan._fused(X, 1, path="fused-dense"), ref, rtol=tol, atol=tol)
     np.testing.assert_allclose(plan._layers(X, 1), ref, rtol=tol, atol=tol)
     assert plan._fused(np.where(X == X[0, 0], np.nan, X), 1) is None  # NaN reported, not hidden
 

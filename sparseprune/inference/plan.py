@@ -14,6 +14,13 @@ here, measured on the real calls (:mod:`sparseprune.inference.dispatch`):
   any other layer as a dense dot product. Offered for calls of at most
   ``FUSED_MAX_WORK`` multiply-adds, where per-call Python would otherwise
   dominate.
+- ``"fused-dense"``: the same call with every layer as a dense dot product.
+  A gathered nonzero costs several streamed multiply-adds, and a row of a
+  few nonzeros costs its loop overhead, so on a small model at moderate
+  sparsity the dense call can be the faster one (a 64-300-100-10 model at
+  90 %: 6.0 us dense, 7.0 us with its layers gathered). Offered next to
+  ``"fused"`` unless the cost model calls it hopeless (``FUSED_DENSE_HOPELESS``),
+  so the dispatcher keeps such a model dense instead of guessing.
 - ``"layers"``: one call per layer: dense BLAS for dense layers, and for CSR
   layers their :class:`~sparseprune.SparseLinear`, which measures dense BLAS
   against the batched sparse kernels for itself.
@@ -31,6 +38,7 @@ import threading
 import time
 
 import numpy as np
+import scipy.sparse as sp
 
 from sparseprune.inference.dispatch import WATCH_EVERY, Choice, bucket_of
 from sparseprune.inference.spmm import _activate_inplace, _forced_method
@@ -54,6 +62,13 @@ FUSED_SPARSE_DENSITY = 0.15
 #: fused kernel is considered: a layer-by-layer pass pays several
 #: microseconds of Python per layer, more than such a call takes in total.
 FUSED_ONLY_WORK = 100_000
+#: The cost model's price of a gathered nonzero in the fused kernel, in streamed dense
+#: multiply-adds (0.5-0.75 ns against ~0.06 ns on Zen 5, measured on 64- and 784-wide models)...
+FUSED_GATHER_COST = 10
+#: ... and ``"fused-dense"`` is not measured where its multiply-adds exceed this many
+#: times the gathered call's priced work (98 %-pruned 784-300-100-10: 17.6 us dense
+#: against 8.6 us gathered, priced 5x apart).
+FUSED_DENSE_HOPELESS = 4.0
 
 _OUT_MODES = {"softmax": _kp.OUT_SOFTMAX, "logistic": _kp.OUT_BINARY, "identity": _kp.OUT_NONE}
 
@@ -93,6 +108,15 @@ def _finish(H, out_mode: int):
     return Y
 
 
+class _FusedLayout:
+    """One network in the fused kernel's flat arrays (``kernels.plan``'s arguments after ``X``)."""
+
+    __slots__ = ("args", "work_per_row")
+
+    def __init__(self, args: tuple, work_per_row: int) -> None:
+        self.args, self.work_per_row = args, work_per_row
+
+
 class ModelPlan:
     """The inference plan of a fitted MLP (see the module docstring).
 
@@ -104,7 +128,7 @@ class ModelPlan:
         Per layer, how the fused kernel runs it: ``"dense"`` or ``"sparse"``.
     choices : dict
         ``(batch bucket, threads) -> Choice`` for the model-level path
-        (``"fused"`` or ``"layers"``).
+        (``"fused"``, ``"fused-dense"`` or ``"layers"``).
     """
 
     def __init__(self, layers, hidden_activation: str, out_activation: str) -> None:
@@ -132,52 +156,91 @@ class ModelPlan:
             else:
                 self._ops.append(_DenseOp(np.ascontiguousarray(layer.weight, self.dtype),
                                           np.ascontiguousarray(layer.bias, self.dtype), acts[i]))
-        # The fused layout: all layers in flat arrays.
+        # The fused layout: all layers in flat arrays, CSR layers up to FUSED_SPARSE_DENSITY gathered.
+        kinds = [1 if layer.is_sparse and layer.nnz <= FUSED_SPARSE_DENSITY * layer.shape[0] * layer.shape[1]
+                 else 0 for layer in layers]
+        parts = []
+        for layer, kind in zip(layers, kinds):
+            if kind:
+                W = layer.weight
+                nnz = int(W.indptr[-1])
+                parts.append((W.data[:nnz], W.indices[:nnz], W.indptr))
+            else:
+                parts.append(layer.dense_weight())
+        self._bias = np.ascontiguousarray(np.concatenate([np.asarray(layer.bias, self.dtype) for layer in layers]),
+                                          self.dtype)
+        self._max_width = max([self.n_in] + [s[0] for s in self.shapes])
+        self.n_out = self.shapes[-1][0]
+        self._width_out = 2 if self.out_mode == _kp.OUT_BINARY else self.n_out
+        self._acts = acts
+        self._fused_layouts = {"fused": self._layout(parts)}
+        self.work_per_row = self._fused_layouts["fused"].work_per_row
+        self.layer_kinds = ["sparse" if k else "dense" for k in kinds]
+        # "fused-dense" (every layer dense in the fused call): its layout is made from the one
+        # above when first offered, so it is this plan's snapshot of the weights too.
+        self._dense_work_per_row = sum(o * i for o, i in self.shapes)
+        priced = sum(int(W[2][-1]) * FUSED_GATHER_COST if k else o * i
+                     for k, W, (o, i) in zip(kinds, parts, self.shapes))
+        self._priced = priced
+        self._offer_fused_dense = (any(kinds) and self._dense_work_per_row <= FUSED_MAX_WORK
+                                   and self._dense_work_per_row <= FUSED_DENSE_HOPELESS * priced)
+        self.choices: dict[tuple, Choice] = {}
+        # Settled batch sizes' direct path: rows -> (choice, path, runner, threads, watch).
+        self._hot: dict[int, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _layout(self, parts) -> _FusedLayout:
+        """The fused kernel's arrays for layers given as dense ``(out, in)`` arrays or CSR ``(data, indices, indptr)``."""
         kinds, wd_parts, d_parts, i_parts, p_parts, wd_off, ptr_off = [], [], [], [], [], [], []
-        n_wd = n_nnz = n_ptr = 0
-        self.work_per_row = 0
-        for layer in layers:
-            out, inp = layer.shape
-            sparse_kind = layer.is_sparse and layer.nnz <= FUSED_SPARSE_DENSITY * out * inp
-            kinds.append(1 if sparse_kind else 0)
+        n_wd = n_nnz = n_ptr = work = 0
+        for part, (out, inp) in zip(parts, self.shapes):
+            kinds.append(0 if isinstance(part, np.ndarray) else 1)
             wd_off.append(n_wd)
             ptr_off.append(n_ptr)
-            if sparse_kind:
-                W = layer.weight
-                d, ind, ptr = W.data, W.indices, W.indptr
+            if kinds[-1]:
+                d, ind, ptr = part
                 nnz = int(ptr[-1])
                 d_parts.append(np.asarray(d[:nnz], self.dtype))
                 i_parts.append(np.asarray(ind[:nnz], np.int32))
                 p_parts.append(np.asarray(ptr, np.int64) + n_nnz)
                 n_nnz += nnz
                 n_ptr += out + 1
-                self.work_per_row += nnz
+                work += nnz
             else:
-                wd_parts.append(np.ascontiguousarray(layer.dense_weight(), self.dtype).ravel())
+                wd_parts.append(np.ascontiguousarray(part, self.dtype).ravel())
                 n_wd += out * inp
-                self.work_per_row += out * inp
+                work += out * inp
 
-        def cat(parts, dtype):
-            return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(1, dtype), dtype)
+        def cat(arrays, dtype):
+            return np.ascontiguousarray(np.concatenate(arrays) if arrays else np.zeros(1, dtype), dtype)
 
-        b_off = np.cumsum([0] + [s[0] for s in self.shapes[:-1]])
-        meta = np.zeros((6, len(layers)), np.int64)
-        meta[_kp.KIND], meta[_kp.N_OUT], meta[_kp.ACT] = kinds, [s[0] for s in self.shapes], acts
-        meta[_kp.WD_OFF], meta[_kp.PTR_OFF], meta[_kp.B_OFF] = wd_off, ptr_off, b_off
-        self._meta = meta
-        self._wd = cat(wd_parts, self.dtype)
-        self._data = cat(d_parts, self.dtype)
-        self._indices = cat(i_parts, np.int32)
-        self._indptr = cat(p_parts, np.int64)
-        self._bias = cat([np.asarray(layer.bias, self.dtype) for layer in layers], self.dtype)
-        self._max_width = max([self.n_in] + [s[0] for s in self.shapes])
-        self.n_out = self.shapes[-1][0]
-        self._width_out = 2 if self.out_mode == _kp.OUT_BINARY else self.n_out
-        self.layer_kinds = ["sparse" if k else "dense" for k in kinds]
-        self.choices: dict[tuple, Choice] = {}
-        # Settled batch sizes' direct path: rows -> (choice, path, runner, threads, watch).
-        self._hot: dict[int, tuple] = {}
-        self._lock = threading.Lock()
+        meta = np.zeros((6, len(parts)), np.int64)
+        meta[_kp.KIND], meta[_kp.N_OUT], meta[_kp.ACT] = kinds, [s[0] for s in self.shapes], self._acts
+        meta[_kp.WD_OFF], meta[_kp.PTR_OFF] = wd_off, ptr_off
+        meta[_kp.B_OFF] = np.cumsum([0] + [s[0] for s in self.shapes[:-1]])
+        args = (meta, cat(wd_parts, self.dtype), cat(d_parts, self.dtype), cat(i_parts, np.int32),
+                cat(p_parts, np.int64), self._bias, self.out_mode, self._max_width)
+        return _FusedLayout(args, work)
+
+    def _layout_for(self, path: str) -> _FusedLayout:
+        return self._fused_layouts["fused"] if path == "fused" else self._dense_layout()
+
+    def _dense_layout(self) -> _FusedLayout:
+        """The ``"fused-dense"`` layout, made (once) from the gathered one: every layer dense."""
+        lay = self._fused_layouts.get("fused-dense")
+        if lay is None:
+            meta, wd, data, indices, indptr = self._fused_layouts["fused"].args[:5]
+            parts = []
+            for layer, (out, inp) in enumerate(self.shapes):
+                if meta[_kp.KIND, layer] == 0:
+                    off = meta[_kp.WD_OFF, layer]
+                    parts.append(wd[off:off + out * inp].reshape(out, inp))
+                else:
+                    ptr = indptr[meta[_kp.PTR_OFF, layer]:meta[_kp.PTR_OFF, layer] + out + 1]
+                    W = sp.csr_array((data[ptr[0]:ptr[-1]], indices[ptr[0]:ptr[-1]], ptr - ptr[0]), shape=(out, inp))
+                    parts.append(W.toarray())
+            lay = self._fused_layouts["fused-dense"] = self._layout(parts)
+        return lay
 
     def matches(self, layers) -> bool:
         """Whether this plan was made for exactly these layer objects and weights."""
@@ -203,9 +266,17 @@ class ModelPlan:
         if bucket > FUSED_MAX_ROWS or work > FUSED_MAX_WORK:
             return Choice(("layers",), f"{bucket}+ rows, {work:,}+ multiply-adds per call: layer by layer "
                                        "(batched kernels).")
+        fused = ("fused",)
+        why = ""
+        if self._offer_fused_dense and bucket * self._dense_work_per_row <= FUSED_MAX_WORK:
+            self._dense_layout()
+            # The cheaper by the cost model's price goes first (and is the pick if measuring is off).
+            fused = ("fused-dense", "fused") if self._dense_work_per_row < self._priced else ("fused", "fused-dense")
+            why = " with its sparse layers gathered or every layer dense,"
         if work <= FUSED_ONLY_WORK:
-            return Choice(("fused",), f"{work:,} multiply-adds per call: one compiled call for all layers.")
-        return Choice(("fused", "layers"), "both measured on the first calls.")
+            return Choice(fused, f"{work:,} multiply-adds per call: one compiled call for all layers"
+                                 f"{why.rstrip(',')}" + (" (both measured)." if why else "."))
+        return Choice(fused + ("layers",), f"one compiled call{why} or layer by layer: measured on the first calls.")
 
     def run(self, X: np.ndarray, checked: bool = False):
         """The network's output for a C-contiguous ``X`` of the plan's dtype and width.
@@ -235,17 +306,17 @@ class ModelPlan:
         ch = self._choice(n, n_threads)
         path = ch.next()
         if not ch.watch():
-            Y = self._fused(X, n_threads, checked) if path == "fused" else self._layers(X, n_threads, checked)
+            Y = self._layers(X, n_threads, checked) if path == "layers" else self._fused(X, n_threads, checked, path)
         else:
             t0 = time.perf_counter()
-            Y = self._fused(X, n_threads, checked) if path == "fused" else self._layers(X, n_threads, checked)
+            Y = self._layers(X, n_threads, checked) if path == "layers" else self._fused(X, n_threads, checked, path)
             t = time.perf_counter() - t0
             # A layer-by-layer pass counts only once its own layers have settled on
             # dense or sparse: while they measure, some of its layers run their slower path.
-            if path == "fused" or self._layers_settled(n, n_threads):
+            if path != "layers" or self._layers_settled(n, n_threads):
                 ch.record(path, t, n)
         chosen = ch.chosen
-        if chosen is not None and (chosen == "fused" or self._layers_settled(n, n_threads)):
+        if chosen is not None and (chosen != "layers" or self._layers_settled(n, n_threads)):
             watch = not (ch.frozen or ch._fixed or len(ch.candidates) == 1)
             with self._lock:
                 if len(self._hot) > 64:
@@ -256,11 +327,11 @@ class ModelPlan:
     def _runner(self, path: str, n: int, n_threads: int):
         """``run(X, checked)`` for ``n`` rows on ``path``, with what :meth:`_fused` and :meth:`_layers`
         decide per call (the kernel variant, the layers' threading hint) decided once."""
-        if path == "fused":
-            args = (self._meta, self._wd, self._data, self._indices, self._indptr, self._bias, self.out_mode,
-                    self._max_width)
+        if path != "layers":
+            layout = self._layout_for(path)
+            args = layout.args
             shape, dtype = (n, self._width_out), self.dtype
-            if n > 1 and parallel_pays("fused", n * self.work_per_row, n_threads):
+            if n > 1 and parallel_pays("fused", n * layout.work_per_row, n_threads):
                 parts = min(n, n_threads)
 
                 def fused(X, checked):
@@ -297,15 +368,15 @@ class ModelPlan:
         return all(isinstance(op, _DenseOp) or op._choice_for(b, n_threads).chosen is not None
                    for op in self._ops)
 
-    def _fused(self, X, n_threads: int, checked: bool = False):
+    def _fused(self, X, n_threads: int, checked: bool = False, path: str = "fused"):
+        """One fused call: ``path`` ``"fused"`` (sparse layers gathered) or ``"fused-dense"``."""
         n = X.shape[0]
         Y = np.empty((n, self._width_out), self.dtype)
-        args = (X, self._meta, self._wd, self._data, self._indices, self._indptr, self._bias, self.out_mode,
-                self._max_width, Y)
-        if n > 1 and parallel_pays("fused", n * self.work_per_row, n_threads):
-            bad = run_parallel(_kp.forward_parallel, *args, min(n, n_threads))
+        layout = self._layout_for(path)
+        if n > 1 and parallel_pays("fused", n * layout.work_per_row, n_threads):
+            bad = run_parallel(_kp.forward_parallel, X, *layout.args, Y, min(n, n_threads))
         else:
-            bad = _kp.forward_serial(*args, 1)
+            bad = _kp.forward_serial(X, *layout.args, Y, 1)
         return None if bad and not checked else Y
 
     def _layers(self, X, n_threads: int, checked: bool = False):
@@ -370,7 +441,7 @@ class ModelPlan:
             fmt = "dense" if isinstance(op, _DenseOp) else f"csr, density {op.density:.1%}"
             if hasattr(op, "Q"):
                 fmt = f"quantized {op.Q.scheme} {op.Q.bits}-bit, density {op.density:.1%}"
-            lines.append(f"  layer {i}: {shape[0]} x {shape[1]} ({fmt}); fused kernel runs it {kind}")
+            lines.append(f"  layer {i}: {shape[0]} x {shape[1]} ({fmt}); \"fused\" runs it {kind}")
         keys = sorted(self.choices) if batch is None else [k for k in sorted(self.choices)
                                                             if k[0] == bucket_of(batch)]
         if not keys:

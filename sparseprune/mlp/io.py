@@ -170,8 +170,9 @@ def _check_plan_meta(path, plan, layers) -> dict:
                 return False
         return True
 
-    if not isinstance(plan, dict) or set(plan) != {"model", "layers"} or not keys_ok(plan["model"], ("fused", "layers")):
-        raise _bad(path, "'plan' must map 'bucket:threads' keys to 'fused' or 'layers'.")
+    model_paths = ("fused", "fused-dense", "layers")
+    if not isinstance(plan, dict) or set(plan) != {"model", "layers"} or not keys_ok(plan["model"], model_paths):
+        raise _bad(path, "'plan' must map 'bucket:threads' keys to 'fused', 'fused-dense' or 'layers'.")
     per_layer = plan["layers"]
 
     def layer_ok(i, d):

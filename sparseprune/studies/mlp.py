@@ -71,6 +71,8 @@ def plan_paths(model, batch: int) -> tuple[bool, list[str]]:
     ch = plan.choices.get(key)
     if ch is not None and ch.next() == "fused":
         return True, list(plan.layer_kinds)
+    if ch is not None and ch.next() == "fused-dense":
+        return True, ["dense"] * len(plan.layer_kinds)
     paths = ["dense" if not hasattr(op, "_choices") or key not in op._choices else op._choices[key].next()
              for op in plan._ops]
     # A quantized layer runs its codes ("quantized") or the float kernel on a dequantized copy ("sparse").
