@@ -41,6 +41,14 @@ SAFETY = 0.85
 #: Seconds per (weight row, input row) pair of the SpMV row kernel beyond its nonzeros: the
 #: row's loop set-up and reduction (0.8-1.5 ns measured on 60-180-row layers at batches 22-124).
 ROW_PAIR_S = 1.0e-9
+#: A one-off ``linear(X, W_csr)`` on the dense path first expands W: zeroing and writing the
+#: ``out x in`` array costs about this many dense matrix-vector products over W, and each
+#: nonzero's scatter about this many of the SpMV's gathered nonzeros (Zen 5, 4096 x 4096:
+#: ``toarray`` 5.1 ms at 1 % and 10.7 ms at 50 % density, against a 1.3 ms product and
+#: 0.32 ns per gathered nonzero; priced as one product before, which kept 50 % at batch 256
+#: dense at 75 ms where the sparse kernel took 45 ms).
+EXPAND_GEMVS = 4.0
+EXPAND_PER_NNZ = 2.0
 #: A candidate predicted this many times slower than the other is not measured.
 HOPELESS = 4.0
 #: ... and dense BLAS predicted this many times slower than the batched SpMM kernels

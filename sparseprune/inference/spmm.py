@@ -370,7 +370,8 @@ def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decisi
     extra = ""
     if weights == "csr":
         # linear(X, W_csr) has no dense copy to reuse: going dense means expanding W on every call.
-        td += _cal.per_unit(table, "dense_per_mac", 1) * n_out * n_in
+        td += (_cal.EXPAND_GEMVS * _cal.per_unit(table, "dense_per_mac", 1) * n_out * n_in
+               + _cal.EXPAND_PER_NNZ * _cal.per_unit(table, "sparse_per_nnz", 1) * nnz)
         extra = " (dense includes expanding W; SparseLinear keeps a dense copy and avoids that)"
     source = f"{table.get('source', '?')} calibration for {n_threads} thread(s)"
     ratio = ts / td if td > 0 else math.inf
