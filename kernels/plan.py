@@ -74,6 +74,34 @@ def _sparse_layer(data, indices, indptr, po, n_out, bias, bo, act, h, g):
         g[i] = _activate(s + bias[bo + i], act, zero)
 
 
+@jit(fastmath=False)
+def densify_layers(meta, wd, data, indices, indptr, n_in0, dense_wd):
+    """Every layer of a fused layout written dense, row-major and back to back, into ``dense_wd``.
+
+    ``dense_wd`` must be zeroed by the caller and hold ``sum(out * in)``
+    values; duplicate CSR entries are summed, as scipy's ``toarray`` does.
+    (One pass, no temporaries: the ``"fused-dense"`` layout of a 784-300-100-10
+    model took 0.17 ms through scipy and three concatenations, mostly page
+    faults of the temporaries.)
+    """
+    off = 0
+    n_in = n_in0
+    for layer in range(meta.shape[1]):
+        n_out = meta[1, layer]
+        if meta[0, layer] == 0:
+            base = meta[3, layer]
+            for k in range(n_out * n_in):
+                dense_wd[off + k] = wd[base + k]
+        else:
+            po = meta[4, layer]
+            for i in range(n_out):
+                row = off + i * n_in
+                for p in range(indptr[po + i], indptr[po + i + 1]):
+                    dense_wd[row + indices[p]] += data[p]
+        off += n_out * n_in
+        n_in = n_out
+
+
 @jit
 def _output(h, n, out_mode, Y, r):
     """Write row ``r`` of ``Y`` from the last layer's ``h[:n]`` and the output mode."""

@@ -38,10 +38,9 @@ import threading
 import time
 
 import numpy as np
-import scipy.sparse as sp
 
 from sparseprune.inference.dispatch import WATCH_EVERY, Choice, bucket_of
-from sparseprune.inference.spmm import _activate_inplace, _forced_method
+from sparseprune.inference.spmm import _activate_inplace, _aligned_empty, _forced_method
 from sparseprune.inference.threads import _num_threads_now, parallel_pays, run_parallel
 from sparseprune.kernels import plan as _kp
 from sparseprune.kernels import spmm as _ks
@@ -62,13 +61,21 @@ FUSED_SPARSE_DENSITY = 0.15
 #: fused kernel is considered: a layer-by-layer pass pays several
 #: microseconds of Python per layer, more than such a call takes in total.
 FUSED_ONLY_WORK = 100_000
-#: The cost model's price of a gathered nonzero in the fused kernel, in streamed dense
-#: multiply-adds (0.5-0.75 ns against ~0.06 ns on Zen 5, measured on 64- and 784-wide models)...
+#: The cost model's prices for one input row through the fused kernel, in streamed dense
+#: multiply-adds (single layers at batch 1 on Zen 5: 0.035-0.06 ns per dense multiply-add,
+#: 0.35-0.7 ns per gathered nonzero, ~4 ns per output row either way, ~2 us per call):
+#: a gathered nonzero...
 FUSED_GATHER_COST = 10
-#: ... and ``"fused-dense"`` is not measured where its multiply-adds exceed this many
-#: times the gathered call's priced work (98 %-pruned 784-300-100-10: 17.6 us dense
-#: against 8.6 us gathered, priced 5x apart).
-FUSED_DENSE_HOPELESS = 4.0
+#: ... an output row (its loop set-up, reduction and activation)...
+FUSED_ROW_COST = 90
+#: ... and the call itself (dispatch, allocation, the input copy).
+FUSED_CALL_COST = 40_000
+#: ``"fused-dense"`` is not measured where it is priced this many times the gathered call:
+#: a 95 %-pruned 784-300-100-10 is priced 1.62x (measured 1.84x: 15.8 against 8.6 us), a
+#: 64-300-100-10 1.24x (measured 1.0-1.2x), both at 90 % 1.0x (measured 0.7x: dense wins).
+#: Its dense copy of the weights is most of what measuring it costs (a fresh 1 MiB took
+#: ~1 ms of page faults on the Zen 5 VM), so it is made only where dense may win.
+FUSED_DENSE_HOPELESS = 1.5
 
 _OUT_MODES = {"softmax": _kp.OUT_SOFTMAX, "logistic": _kp.OUT_BINARY, "identity": _kp.OUT_NONE}
 
@@ -179,11 +186,12 @@ class ModelPlan:
         # "fused-dense" (every layer dense in the fused call): its layout is made from the one
         # above when first offered, so it is this plan's snapshot of the weights too.
         self._dense_work_per_row = sum(o * i for o, i in self.shapes)
-        priced = sum(int(W[2][-1]) * FUSED_GATHER_COST if k else o * i
-                     for k, W, (o, i) in zip(kinds, parts, self.shapes))
-        self._priced = priced
+        fixed = FUSED_CALL_COST + FUSED_ROW_COST * sum(o for o, _ in self.shapes)
+        priced = fixed + sum(int(W[2][-1]) * FUSED_GATHER_COST if k else o * i
+                             for k, W, (o, i) in zip(kinds, parts, self.shapes))
+        self._priced, self._dense_priced = priced, fixed + self._dense_work_per_row
         self._offer_fused_dense = (any(kinds) and self._dense_work_per_row <= FUSED_MAX_WORK
-                                   and self._dense_work_per_row <= FUSED_DENSE_HOPELESS * priced)
+                                   and fixed + self._dense_work_per_row <= FUSED_DENSE_HOPELESS * priced)
         self.choices: dict[tuple, Choice] = {}
         # Settled batch sizes' direct path: rows -> (choice, path, runner, threads, watch).
         self._hot: dict[int, tuple] = {}
@@ -212,7 +220,15 @@ class ModelPlan:
                 work += out * inp
 
         def cat(arrays, dtype):
-            return np.ascontiguousarray(np.concatenate(arrays) if arrays else np.zeros(1, dtype), dtype)
+            # On a cache-line boundary: numpy's large arrays start 16 bytes past one, and the
+            # dense dot products of a 784-300-100-10 model ran 13.4 us aligned against
+            # 15.6-16.1 us at the other three 16-byte offsets (batch 1, Zen 5).
+            n = sum(a.size for a in arrays)
+            out = _aligned_empty((max(1, n),), dtype)
+            out[n:] = 0
+            if n:
+                np.concatenate(arrays, out=out[:n], casting="unsafe")
+            return out
 
         meta = np.zeros((6, len(parts)), np.int64)
         meta[_kp.KIND], meta[_kp.N_OUT], meta[_kp.ACT] = kinds, [s[0] for s in self.shapes], self._acts
@@ -230,16 +246,14 @@ class ModelPlan:
         lay = self._fused_layouts.get("fused-dense")
         if lay is None:
             meta, wd, data, indices, indptr = self._fused_layouts["fused"].args[:5]
-            parts = []
-            for layer, (out, inp) in enumerate(self.shapes):
-                if meta[_kp.KIND, layer] == 0:
-                    off = meta[_kp.WD_OFF, layer]
-                    parts.append(wd[off:off + out * inp].reshape(out, inp))
-                else:
-                    ptr = indptr[meta[_kp.PTR_OFF, layer]:meta[_kp.PTR_OFF, layer] + out + 1]
-                    W = sp.csr_array((data[ptr[0]:ptr[-1]], indices[ptr[0]:ptr[-1]], ptr - ptr[0]), shape=(out, inp))
-                    parts.append(W.toarray())
-            lay = self._fused_layouts["fused-dense"] = self._layout(parts)
+            dense_wd = _aligned_empty((max(1, self._dense_work_per_row),), self.dtype)
+            dense_wd[:] = 0
+            _kp.densify_layers(meta, wd, data, indices, indptr, self.n_in, dense_wd)
+            dmeta = meta.copy()
+            dmeta[_kp.KIND] = 0
+            dmeta[_kp.WD_OFF] = np.cumsum([0] + [o * i for o, i in self.shapes[:-1]])
+            args = (dmeta, dense_wd, data[:1], indices[:1], indptr[:1]) + self._fused_layouts["fused"].args[5:]
+            lay = self._fused_layouts["fused-dense"] = _FusedLayout(args, self._dense_work_per_row)
         return lay
 
     def matches(self, layers) -> bool:
@@ -271,7 +285,8 @@ class ModelPlan:
         if self._offer_fused_dense and bucket * self._dense_work_per_row <= FUSED_MAX_WORK:
             self._dense_layout()
             # The cheaper by the cost model's price goes first (and is the pick if measuring is off).
-            fused = ("fused-dense", "fused") if self._dense_work_per_row < self._priced else ("fused", "fused-dense")
+            dense_first = self._dense_priced < self._priced
+            fused = ("fused-dense", "fused") if dense_first else ("fused", "fused-dense")
             why = " with its sparse layers gathered or every layer dense,"
         if work <= FUSED_ONLY_WORK:
             return Choice(fused, f"{work:,} multiply-adds per call: one compiled call for all layers"
