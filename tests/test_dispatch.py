@@ -72,16 +72,24 @@ def test_a_far_slower_candidate_stops_after_one_timed_call():
     assert paths == ["sparse"] * n + ["dense"] * n
 
 
-def test_near_ties_are_measured_again_up_to_max_rounds():
+def test_near_ties_are_confirmed_then_measured_again_up_to_max_rounds(monkeypatch):
+    monkeypatch.setattr(dispatch, "CONFIRM_AFTER_S", 0.0)
     ch = Choice(("sparse", "dense"))
     tie = {"sparse": 1.0, "dense": 1.01}
+    per_round = 2 * dispatch.SAMPLES
     n_calls = 0
     while ch.chosen is None:
         call(ch, tie)
         n_calls += 1
-    per_round = 2 * dispatch.SAMPLES
-    assert n_calls == 2 + dispatch.MAX_ROUNDS * per_round  # one warm-up each, then MAX_ROUNDS rounds
-    assert ch.chosen == "sparse"
+    # The first round decides at once (provisionally: a close call is confirmed later).
+    assert n_calls == 2 + per_round and ch.chosen == "sparse" and not ch.settled
+    measuring = 0
+    for _ in range(dispatch.CONFIRM_AFTER + 40 * per_round):
+        measuring += ch.chosen is None
+        call(ch, tie)
+    # The confirming round (a warm-up each), then near-tie rounds up to MAX_ROUNDS in all.
+    assert ch.settled and ch.chosen == "sparse"
+    assert measuring == 2 + (dispatch.MAX_ROUNDS - 1) * per_round
 
 
 def test_a_close_call_is_confirmed_and_both_rounds_decide(monkeypatch):

@@ -27,9 +27,7 @@ How a :class:`Choice` measures, cheaply and robustly:
   slower, so alternating calls would time each path in the other's wake
   (the sparse path goes first for the same reason).
 - The winner is the candidate with the lowest *minimum* time (the minimum is
-  the sample least disturbed by the rest of the machine). When the two best
-  minima are within ``CLOSE`` of each other, ``SAMPLES`` more of each are
-  taken (at most ``MAX_ROUNDS`` rounds), so one noisy sample never decides.
+  the sample least disturbed by the rest of the machine).
 - A close choice (the runner-up within ``CONFIRM_RATIO`` of the winner) is
   confirmed once: at least ``CONFIRM_AFTER`` calls and ``CONFIRM_AFTER_S``
   seconds later, every candidate is measured again the same way and the
@@ -39,6 +37,12 @@ How a :class:`Choice` measures, cheaply and robustly:
   and a parallel sparse kernel measured in that window ran 1.9x slower), and
   a choice made there alone was wrong on several layers of the dispatcher
   sweep. The confirming round costs the same calls as the first one, once.
+  When the two best minima over both rounds are within ``CLOSE`` of each
+  other, ``SAMPLES`` more of each are taken (at most ``MAX_ROUNDS`` rounds
+  in all), so one noisy sample never decides. (Those extra rounds used to
+  follow the first round at once: a near tie, which costs at most ``CLOSE``
+  when decided wrongly, then took three rounds of slow-path calls within a
+  model's first calls, +25 % over its first 100 calls at batch 1.)
 - After the choice, one call in ``WATCH_EVERY`` is timed (:meth:`Choice.watch`)
   and compared with the winner's measured minimum; ``DRIFT_CALLS`` such
   calls in a row slower than ``DRIFT`` times it (a sustained change, not an
@@ -77,7 +81,7 @@ MAX_WARMUP = 8
 EARLY_OUT = 3.0
 #: Two candidates whose best times are within this fraction are measured again.
 CLOSE = 0.05
-#: Most measuring rounds before the lower minimum wins anyway.
+#: Most measuring rounds (the first and the confirming one included) before the lower minimum wins anyway.
 MAX_ROUNDS = 3
 #: A choice whose runner-up measured within this factor of the winner is measured again, once...
 CONFIRM_RATIO = 1.5
@@ -126,7 +130,7 @@ class Choice:
     """
 
     __slots__ = ("candidates", "chosen", "frozen", "reason", "_idx", "_seen", "_times", "_rounds", "_best",
-                 "_slow", "_lock", "n_remeasured", "_fixed", "_tick", "_max_rounds", "_confirm_after", "_confirmed",
+                 "_slow", "_lock", "n_remeasured", "_fixed", "_tick", "_confirm_after", "_confirmed",
                  "_warm")
 
     def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False,
@@ -152,7 +156,6 @@ class Choice:
         self._warm = {c: math.inf for c in self.candidates}
         self._times = {c: [] for c in self.candidates}
         self._rounds = 1
-        self._max_rounds = MAX_ROUNDS
         self._best = math.inf
         self._slow = 0
         self._confirm_after = None
@@ -200,7 +203,6 @@ class Choice:
                             self._seen = {c: 0 for c in self.candidates}
                             self._warm = {c: math.inf for c in self.candidates}
                             self._rounds += 1
-                            self._max_rounds = self._rounds + MAX_ROUNDS - 1
                     return
             if per_row > DRIFT * self._best:
                 self._slow += 1
@@ -237,7 +239,7 @@ class Choice:
                 return
             best = sorted((min(t), c) for c, t in self._times.items())
             (t0, c0), (t1, _) = best[0], best[1]
-            if t1 <= t0 * (1 + CLOSE) and self._rounds < self._max_rounds:
+            if t1 <= t0 * (1 + CLOSE) and self._confirmed and self._rounds < MAX_ROUNDS:
                 self._rounds += 1
                 self._idx = 0
                 return
