@@ -62,7 +62,7 @@ def test_a_far_slower_candidate_stops_after_one_timed_call():
         paths.append(call(ch, times))
     n = dispatch.SAMPLES + 1
     assert paths == ["sparse"] * n + ["dense"] * 2  # dense: its warm-up and one timed call
-    assert ch.chosen == "sparse" and ch.settled
+    assert ch.chosen == "sparse" and not ch.settled  # one timed call decided: confirmed later
     # Not far enough behind: timed in full.
     ch = Choice(("sparse", "dense"))
     times = {"sparse": 1.0, "dense": dispatch.EARLY_OUT * 0.9}
@@ -104,12 +104,28 @@ def test_a_close_call_is_confirmed_and_both_rounds_decide(monkeypatch):
     # measured again (a warm-up each, then SAMPLES timed calls) and the minima decide.
     later = {"sparse": 0.6, "dense": 1.0}
     paths = [call(ch, later) for _ in range(dispatch.CONFIRM_AFTER + 4 * dispatch.WATCH_EVERY)]
-    assert ch.chosen == "sparse" and ch.settled and ch.state() == "measured twice (a close call)"
+    assert ch.chosen == "sparse" and ch.settled and ch.state() == "measured twice"
     assert paths[: dispatch.CONFIRM_AFTER - 1] == ["dense"] * (dispatch.CONFIRM_AFTER - 1)
     assert paths[-1] == "sparse" and ch.measured == {"sparse": 0.6, "dense": 1.0}
     # Confirmed once only: no further rounds.
     for _ in range(5 * dispatch.CONFIRM_AFTER):
         assert call(ch, later) == "sparse"
+
+
+def test_a_path_timed_once_in_a_hiccup_is_confirmed(monkeypatch):
+    monkeypatch.setattr(dispatch, "CONFIRM_AFTER_S", 0.0)
+    ch = Choice(("sparse", "dense"))
+    # Dense's one timed call lands in a hiccup (18x its true time): cut short, sparse chosen...
+    while ch.chosen is None:
+        call(ch, {"sparse": 1.0, "dense": 9.0})
+    assert ch.chosen == "sparse" and "once more" in ch.state()
+    # ... and the confirming round, CONFIRM_AFTER calls later, times dense at its true 0.5.
+    true = {"sparse": 1.0, "dense": 0.5}
+    for _ in range(dispatch.CONFIRM_AFTER + 4 * dispatch.WATCH_EVERY):
+        call(ch, true)
+    assert ch.chosen == "dense" and ch.settled and ch.state() == "measured twice"
+    # A second one-sample verdict is final: confirmed once only.
+    assert all(call(ch, true) == "dense" for _ in range(5 * dispatch.CONFIRM_AFTER))
 
 
 def test_a_clear_call_is_not_measured_again():
