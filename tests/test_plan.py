@@ -267,6 +267,22 @@ def test_fused_kernel_matches_numpy(net):
     assert plan._fused(np.where(X == X[0, 0], np.nan, X), 1) is None  # NaN reported, not hidden
 
 
+@pytest.mark.parametrize("n_in", [65_536, 65_537])
+def test_fused_kernel_on_layers_wider_than_16_bit_indices(n_in):
+    """Column indices are 16-bit up to 65,536 inputs and 32-bit beyond; both give numpy's answer."""
+    rng = np.random.default_rng(n_in)
+    W = sp.random_array((3, n_in), density=0.01, format="csr", dtype=np.float32, rng=rng)
+    W.indices[-1] = n_in - 1  # the last column is read
+    layers = [(sp.csr_array(W), rng.standard_normal(3).astype(np.float32)),
+              (rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal(2).astype(np.float32))]
+    plan = plan_mod.ModelPlan([sparseprune.mlp.Layer(W, b) for W, b in layers], "relu", "softmax")
+    assert plan._fused_layouts["fused"].args[3].dtype == (np.uint16 if n_in <= 65_536 else np.int32)
+    X = rng.standard_normal((2, n_in)).astype(np.float32)
+    ref = ref_mlp(layers, X, "relu", "softmax")
+    for path in ("fused", "fused-dense"):
+        np.testing.assert_allclose(plan._fused(X, 1, path=path), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_fused_kernel_reports_output_modes():
     assert (kplan.OUT_NONE, kplan.OUT_SOFTMAX, kplan.OUT_BINARY) == (0, 1, 2)
 

