@@ -225,8 +225,8 @@ class ModelPlan:
 
         def cat(arrays, dtype):
             # On a cache-line boundary: numpy's large arrays start 16 bytes past one, and the
-            # dense dot products of a 784-300-100-10 model ran 13.4 us aligned against
-            # 15.6-16.1 us at the other three 16-byte offsets (batch 1, Zen 5).
+            # dense dot products of a 784-300-100-10 model ran 13.4-14.6 us aligned against
+            # 15.6-17.1 us at the other three 16-byte offsets (batch 1, Zen 5, three runs).
             n = sum(a.size for a in arrays)
             out = _aligned_empty((max(1, n),), dtype)
             out[n:] = 0
