@@ -1027,10 +1027,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, shape (n_samples, n_classes).
 
-        Each layer runs through :func:`sparseprune.linear` (dense layers: BLAS)
-        or a cached :class:`sparseprune.SparseLinear` (CSR layers), i.e. the
-        kernels ``sparseprune.kernels.spmm.spmm_forward`` / ``spmv`` when the
-        dispatcher picks the sparse path.
+        Runs the model's inference plan (:attr:`plan_`): for a few rows, all
+        layers in one compiled call (sparse layers gathered, or every layer
+        dense, whichever measured faster); otherwise layer by layer, dense
+        layers on BLAS and CSR layers through their
+        :class:`sparseprune.SparseLinear`, each measuring dense against sparse.
         """
         return self._serve(X)
 
@@ -1081,8 +1082,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Predicted values, shape (n_samples,) or (n_samples, n_outputs), in the model's dtype
         (float32 for a model fitted on float32, else float64, as scikit-learn's MLP).
 
-        Each layer runs through :func:`sparseprune.linear` or a cached
-        :class:`sparseprune.SparseLinear` (kernels ``sparseprune.kernels.spmm``).
+        Runs the model's inference plan (:attr:`plan_`), as
+        :meth:`MLPClassifier.predict_proba` does.
         """
         out = self._serve(X)
         return out[:, 0].copy() if getattr(self, "_y_ndim", 1) == 1 else out
