@@ -128,6 +128,37 @@ def test_a_path_timed_once_in_a_hiccup_is_confirmed(monkeypatch):
     assert all(call(ch, true) == "dense" for _ in range(5 * dispatch.CONFIRM_AFTER))
 
 
+def _after_blas(blas, monkeypatch):
+    """A layer whose parallel sparse kernel runs at 1.3 within 0.1 s after a multi-threaded BLAS
+    call (OpenBLAS's workers spin) and at 0.8 otherwise, dense BLAS at 1.0; the process starts in
+    the wake of BLAS work, and each call takes 10 ms of a fake clock. Returns the choice."""
+    clock = [0.0]
+    monkeypatch.setattr(dispatch.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(dispatch, "CONFIRM_AFTER_S", 0.0)
+    ch = Choice(("sparse", "dense"), blas=blas)
+    last_blas = 0.0
+    for _ in range(dispatch.CONFIRM_AFTER + 40 * dispatch.WATCH_EVERY):
+        clock[0] += 0.01
+        path = ch.next()
+        times = {"sparse": 1.3 if clock[0] - last_blas < 0.1 else 0.8, "dense": 1.0}
+        if ch.watch():
+            ch.record(path, times[path], 1)
+        if path == "dense":
+            last_blas = clock[0]
+    return ch
+
+
+def test_after_blas_calls_the_other_path_is_timed_outside_the_spin_window(monkeypatch):
+    # The first round times sparse in the wake (1.3 against dense's 1.0): dense, a close call.
+    # The confirming round starts right after dense calls; sparse's calls within BLAS_SPIN_S
+    # are warm-up, so it is timed at its own 0.8 and wins.
+    ch = _after_blas(("dense",), monkeypatch)
+    assert ch.chosen == "sparse" and ch.settled and ch.measured["sparse"] == 0.8
+    # Without naming dense as the BLAS path, both rounds time sparse in the wake: dense is kept.
+    ch = _after_blas((), monkeypatch)
+    assert ch.chosen == "dense" and ch.settled and ch.measured["sparse"] == 1.3
+
+
 def test_a_clear_call_is_not_measured_again():
     ch = Choice(("sparse", "dense"))
     while ch.chosen is None:

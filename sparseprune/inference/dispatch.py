@@ -44,6 +44,12 @@ How a :class:`Choice` measures, cheaply and robustly:
   follow the first round at once: a near tie, which costs at most ``CLOSE``
   when decided wrongly, then took three rounds of slow-path calls within a
   model's first calls, +25 % over its first 100 calls at batch 1.)
+- When a choice that was running a BLAS candidate (the ``blas`` argument) is
+  measured again (a confirming round, or drift), the calls just before ran
+  multi-threaded BLAS, whose workers then spin on the cores for about 0.1 s:
+  the other candidates' calls within ``BLAS_SPIN_S`` of the round's start
+  are warm-up, not timed. A confirming round timed a parallel sparse kernel
+  there at 1.65x its own time and kept dense BLAS, 15 % slower than it.
 - After the choice, one call in ``WATCH_EVERY`` is timed (:meth:`Choice.watch`)
   and compared with the winner's measured minimum; ``DRIFT_CALLS`` such
   calls in a row slower than ``DRIFT`` times it (a sustained change, not an
@@ -95,6 +101,11 @@ DRIFT = 2.0
 DRIFT_CALLS = 8
 #: ... where, once a choice is made, one call in this many is timed.
 WATCH_EVERY = 16
+#: After a multi-threaded BLAS call OpenBLAS's workers spin this long: when a choice that ran
+#: a BLAS candidate (``blas``) is measured again, the other candidates' calls in this window
+#: are warm-up, not timed (a parallel sparse layer, 2568 x 78 at batch 27: 123-131 us per call
+#: for the first 100 ms after dense calls, then 74-78 us; dense BLAS 90 us).
+BLAS_SPIN_S = 0.11
 
 
 POLICIES = ("measure", "model")
@@ -128,15 +139,18 @@ class Choice:
     prior : str, optional
         The cost model's pick, taken without measuring under ``SPARSEPRUNE_DISPATCH=model``
         (default: the first candidate).
+    blas : tuple of str, optional
+        The candidates that run (possibly multi-threaded) BLAS; see ``BLAS_SPIN_S``.
     """
 
-    __slots__ = ("candidates", "chosen", "frozen", "reason", "_idx", "_seen", "_times", "_rounds", "_best",
-                 "_slow", "_lock", "n_remeasured", "_fixed", "_tick", "_confirm_after", "_confirmed",
-                 "_warm")
+    __slots__ = ("_best", "_blas", "_confirm_after", "_confirmed", "_fixed", "_idx", "_lock", "_quiet_until",
+                 "_rounds", "_seen", "_slow", "_tick", "_times", "_warm", "candidates", "chosen", "frozen",
+                 "n_remeasured", "reason")
 
     def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False,
-                 prior: str | None = None):
+                 prior: str | None = None, blas: tuple = ()):
         self.candidates = tuple(candidates)
+        self._blas = frozenset(blas)
         self.reason = reason
         self.frozen = frozen
         self.chosen = chosen if chosen is not None else (self.candidates[0] if len(self.candidates) == 1 else None)
@@ -161,6 +175,7 @@ class Choice:
         self._slow = 0
         self._confirm_after = None
         self._confirmed = False
+        self._quiet_until = 0.0
 
     @property
     def settled(self) -> bool:
@@ -199,6 +214,8 @@ class Choice:
                             # over both rounds decide.
                             self._confirm_after = None
                             self._confirmed = True
+                            if self.chosen in self._blas:
+                                self._quiet_until = now + BLAS_SPIN_S
                             self.chosen = None
                             self._idx = 0
                             self._seen = {c: 0 for c in self.candidates}
@@ -210,9 +227,12 @@ class Choice:
                 if self._slow >= DRIFT_CALLS:
                     with self._lock:
                         if self.chosen is not None and not self.frozen:
+                            was_blas = self.chosen in self._blas
                             self.chosen = None
                             self.n_remeasured += 1
                             self._reset()
+                            if was_blas:
+                                self._quiet_until = time.perf_counter() + BLAS_SPIN_S
             else:
                 self._slow = 0
             return
@@ -220,7 +240,9 @@ class Choice:
             if self.chosen is not None or candidate != self.candidates[self._idx]:
                 return  # a concurrent call that started before the block moved on
             seen = self._seen[candidate] = self._seen[candidate] + 1
-            if seen == 1 or (seen <= MAX_WARMUP and per_row < RAMP * self._warm[candidate]):
+            in_blas_wake = (self._quiet_until and candidate not in self._blas
+                            and time.perf_counter() < self._quiet_until)
+            if seen == 1 or in_blas_wake or (seen <= MAX_WARMUP and per_row < RAMP * self._warm[candidate]):
                 # Warm-up: the first call of each candidate, and the next ones while they keep
                 # getting faster (a parallel kernel after an idle spell ran 640, 340, 290, 240 us,
                 # then 220 us steady; BLAS is steady from its second call).

@@ -301,7 +301,7 @@ def _new_choice(prior: Decision) -> Choice:
         return Choice(("dense",), f"the cost model predicts dense {ts / td:.1f}x faster: sparse not measured.")
     # Sparse first: its block is then timed before this layer's BLAS calls wake BLAS's spinning workers.
     return Choice(("sparse", "dense"), f"the cost model predicts sparse at {ts / td:.2f}x the dense time: "
-                                       "both measured.", prior=prior.path)
+                                       "both measured.", prior=prior.path, blas=("dense",))
 
 
 def _kernel_name(batch: int, nnz: int) -> str:
