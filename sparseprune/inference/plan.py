@@ -324,11 +324,12 @@ class ModelPlan:
         n_threads = _num_threads_now()
         ch = self._choice(n, n_threads)
         path = ch.next()
+        run = self._runner(path, n, n_threads)
         if not ch.watch():
-            Y = self._layers(X, n_threads, checked) if path == "layers" else self._fused(X, n_threads, checked, path)
+            Y = run(X, checked)
         else:
             t0 = time.perf_counter()
-            Y = self._layers(X, n_threads, checked) if path == "layers" else self._fused(X, n_threads, checked, path)
+            Y = run(X, checked)
             t = time.perf_counter() - t0
             # A layer-by-layer pass counts only once its own layers have settled on
             # dense or sparse: while they measure, some of its layers run their slower path.
@@ -344,8 +345,8 @@ class ModelPlan:
         return Y
 
     def _runner(self, path: str, n: int, n_threads: int):
-        """``run(X, checked)`` for ``n`` rows on ``path``, with what :meth:`_fused` and :meth:`_layers`
-        decide per call (the kernel variant, the layers' threading hint) decided once."""
+        """``run(X, checked)`` for ``n`` rows on ``path``: the kernel variant, or the layers'
+        threading hint, decided once (a settled batch size keeps its runner in ``_hot``)."""
         if path != "layers":
             layout = self._layout_for(path)
             args = layout.args
@@ -372,7 +373,9 @@ class ModelPlan:
         out_mode = self.out_mode
 
         def layers(X, checked):
-            # One summing pass instead of an isfinite mask (see _layers).
+            # One summing pass instead of an isfinite mask: NaN or inf anywhere makes the sum
+            # non-finite (so does an overflowing sum of huge values: the caller then validates X
+            # and calls again with checked=True).
             if not checked and not math.isfinite(X.sum()):
                 return None
             H = X
@@ -389,32 +392,11 @@ class ModelPlan:
 
     def _fused(self, X, n_threads: int, checked: bool = False, path: str = "fused"):
         """One fused call: ``path`` ``"fused"`` (sparse layers gathered) or ``"fused-dense"``."""
-        n = X.shape[0]
-        Y = np.empty((n, self._width_out), self.dtype)
-        layout = self._layout_for(path)
-        if n > 1 and parallel_pays("fused", n * layout.work_per_row, n_threads):
-            bad = run_parallel(_kp.forward_parallel, X, *layout.args, Y, min(n, n_threads))
-        else:
-            bad = _kp.forward_serial(X, *layout.args, Y, 1)
-        return None if bad and not checked else Y
+        return self._runner(path, X.shape[0], n_threads)(X, checked)
 
     def _layers(self, X, n_threads: int, checked: bool = False):
-        # One summing pass instead of an isfinite mask: NaN or inf anywhere makes the sum
-        # non-finite (so does an overflowing sum of huge values: the caller then validates X
-        # and calls again with checked=True).
-        if not checked and not math.isfinite(X.sum()):
-            return None
-        forced = _forced_method() or "auto"
-        ops = self._ops
-        among_sparse = n_threads > 1 and any(
-            not isinstance(op, _DenseOp) and op._runs_parallel(X.shape[0], n_threads) for op in ops)
-        H = X
-        for op in ops:
-            if isinstance(op, _DenseOp):
-                H = op(H)
-            else:
-                H = op(H, forced, among_sparse=among_sparse)
-        return _finish(H, self.out_mode)
+        """One layer-by-layer pass."""
+        return self._runner("layers", X.shape[0], n_threads)(X, checked)
 
     # -- inspection --------------------------------------------------------------
     def freeze(self) -> "ModelPlan":

@@ -1133,6 +1133,8 @@ def _trusted_csr(X, W) -> bool:
                 and indices.dtype == indptr.dtype and indices.dtype in _INDEX_DTYPES
                 and indptr.size == n_out + 1 and indptr[0] == 0 and indptr[-1] <= min(data.size, indices.size)
                 and W.has_canonical_format)
+
+
 #: _scratch_array slot of the one-off call's 16-bit column copy (the SpMM steps use 0, 1, 2, ...).
 _ONE_OFF_SLOT = 1000
 
