@@ -194,3 +194,74 @@ def test_frozen_and_single_candidates_are_never_timed(monkeypatch):
     monkeypatch.setenv("SPARSEPRUNE_DISPATCH", "model")
     ch = Choice(("sparse", "dense"), prior="dense")
     assert ch.chosen == "dense" and not ch.watch() and ch.state() == "cost model"
+
+
+def _run(ch, times, n):
+    """``n`` calls; returns the paths run and the seconds they took in all."""
+    paths = [call(ch, times) for _ in range(n)]
+    return paths, sum(times[p] for p in paths)
+
+
+def test_a_deferred_candidate_waits_until_the_calls_have_paid_for_it(monkeypatch):
+    monkeypatch.setattr(dispatch, "CONFIRM_AFTER_S", 0.0)
+    setup = [40.0]  # the dense copy the deferred candidate needs, in the fake seconds of a call
+    ch = Choice(("sparse", "dense"), deferred={"dense": lambda: setup[0]})
+    # The first candidate runs at once (no measuring calls), timed one call in WATCH_EVERY.
+    assert ch.chosen == "sparse" and not ch.settled and "to be measured once" in ch.state()
+    times = {"sparse": 1.0, "dense": 0.5}
+    # Its price: the set-up plus EXPLORE_CALLS calls at the leader's time, within EXPLORE_BUDGET
+    # of the time spent: (40 + 4 * 1) / 0.05 = 880 calls of 1 s.
+    price = setup[0] + dispatch.EXPLORE_CALLS * times["sparse"]
+    due = price / dispatch.EXPLORE_BUDGET
+    paths, _ = _run(ch, times, int(due) - dispatch.WATCH_EVERY)
+    assert set(paths) == {"sparse"} and ch.measured == {"sparse": 1.0}
+    # Made before its turn comes (by another caller), the copy costs nothing: only its calls count.
+    setup[0] = 0.0
+    paths, _ = _run(ch, times, 2 * dispatch.WATCH_EVERY)
+    assert "dense" in paths
+    # Measured in full, the faster candidate wins; a close call or not, the protocol goes on as usual.
+    for _ in range(dispatch.CONFIRM_AFTER + 8 * dispatch.WATCH_EVERY):
+        call(ch, times)
+    assert ch.chosen == "dense" and ch.settled and ch.measured == {"sparse": 1.0, "dense": 0.5}
+
+
+def test_deferred_measuring_stays_within_its_budget(monkeypatch):
+    # Over any prefix of the calls, the measuring's extra time (the deferred candidate's set-up and
+    # its slower calls) stays within about EXPLORE_BUDGET of the calls' time.
+    monkeypatch.setattr(dispatch, "CONFIRM_AFTER_S", 0.0)
+    made = []
+    ch = Choice(("sparse", "dense"), deferred={"dense": lambda: 0.0 if made else 30.0})
+    times = {"sparse": 1.0, "dense": 3.0}
+    spent = extra = 0.0
+    for _ in range(3000):
+        path = ch.next()
+        if path == "dense" and not made:
+            made.append(True)
+            extra += 30.0
+        if ch.watch():
+            ch.record(path, times[path], 1)
+        spent += times[path]
+        extra += times[path] - times["sparse"]
+        assert extra <= 1.5 * dispatch.EXPLORE_BUDGET * spent + 1e-9
+    assert made and ch.chosen == "sparse" and ch.settled
+
+
+def test_a_deferred_candidate_the_cost_model_expects_to_win_is_measured_at_once():
+    # Dense priced at 0.3 per row against sparse's measured 1.0: measured at the first timed call.
+    ch = Choice(("sparse", "dense"), deferred={"dense": lambda: 1e6}, expected={"dense": 0.3})
+    paths, _ = _run(ch, {"sparse": 1.0, "dense": 0.4}, 2 * dispatch.WATCH_EVERY + 2 * (dispatch.SAMPLES + 1))
+    assert paths[: dispatch.WATCH_EVERY] == ["sparse"] * dispatch.WATCH_EVERY
+    assert ch.chosen == "dense" and ch.measured == {"sparse": 1.0, "dense": 0.4}
+
+
+def test_short_calls_are_timed_less_often():
+    # At least WATCH_S of calls between two timed ones: a 2 us call is timed one in 100.
+    ch = Choice(("sparse", "dense"))
+    while ch.chosen is None:
+        call(ch, {"sparse": 2e-6, "dense": 7e-6})
+    assert round(dispatch.WATCH_S / 2e-6) <= ch.every <= round(dispatch.WATCH_S / 2e-6) + 1
+    assert sum(ch.watch() for _ in range(10 * ch.every)) == 10
+    ch = Choice(("sparse", "dense"))
+    while ch.chosen is None:
+        call(ch, {"sparse": 1e-3, "dense": 7e-3})
+    assert ch.every == dispatch.WATCH_EVERY

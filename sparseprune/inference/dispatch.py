@@ -50,7 +50,23 @@ How a :class:`Choice` measures, cheaply and robustly:
   the other candidates' calls within ``BLAS_SPIN_S`` of the round's start
   are warm-up, not timed. A confirming round timed a parallel sparse kernel
   there at 1.65x its own time and kept dense BLAS, 15 % slower than it.
-- After the choice, one call in ``WATCH_EVERY`` is timed (:meth:`Choice.watch`)
+- Measuring pays as it goes. A candidate that needs something made first
+  (a dense copy of the weights: fresh memory, ~0.3-0.4 ns per byte of page
+  faults on the Zen 5 VM) and that the cost model does not expect to win
+  (``deferred``) is measured only once the calls run so far have earned it:
+  its estimated price (the making, priced per byte, plus ``EXPLORE_CALLS``
+  calls at the leader's time) may not take the measuring past
+  ``EXPLORE_BUDGET`` of the time spent in this computation's calls. Until
+  then the candidates measured so far decide, provisionally. (Measured at
+  once, the dense copy of a 64-300-100-10 model's weights and its first
+  calls made the model's first 100 calls at batch 1 11 % slower than with
+  the choice known.) A candidate whose copy exists already is priced at its
+  calls only.
+- After the choice, one call in ``WATCH_EVERY`` is timed (:meth:`Choice.watch`),
+  or fewer on calls of a few microseconds (at least ``WATCH_S`` of calls
+  between two timed ones, at most ``WATCH_MAX`` calls: a timed call runs
+  the dispatcher's bookkeeping cold, 1-5 us on the Zen 5 VM, which was 4 %
+  of a 64-300-100-10 model's first 100 calls at batch 1),
   and compared with the winner's measured minimum; ``DRIFT_CALLS`` such
   calls in a row slower than ``DRIFT`` times it (a sustained change, not an
   outlier) start a new measurement. Timing every call would add two clock
@@ -101,11 +117,23 @@ DRIFT = 2.0
 DRIFT_CALLS = 8
 #: ... where, once a choice is made, one call in this many is timed.
 WATCH_EVERY = 16
+#: ... or, on short calls, one in as many as take this long at the winner's time...
+WATCH_S = 200e-6
+#: ... but at least one in this many.
+WATCH_MAX = 256
 #: After a multi-threaded BLAS call OpenBLAS's workers spin this long: when a choice that ran
 #: a BLAS candidate (``blas``) is measured again, the other candidates' calls in this window
 #: are warm-up, not timed (a parallel sparse layer, 2568 x 78 at batch 27: 123-131 us per call
 #: for the first 100 ms after dense calls, then 74-78 us; dense BLAS 90 us).
 BLAS_SPIN_S = 0.11
+#: A ``deferred`` candidate is measured once its estimated price keeps everything measuring
+#: has cost within this share of the time the computation's calls have taken...
+EXPLORE_BUDGET = 0.05
+#: ... its price being its set-up (``deferred[c]()`` seconds) plus this many calls at the leader's time...
+EXPLORE_CALLS = 4
+#: ... where making an array costs this much per byte (first touch of fresh memory: 0.28-0.37 ns
+#: per byte on the Zen 5 VM for 80 KB-4 MB, page faults included; bare metal is several times cheaper).
+FRESH_BYTE_S = 0.4e-9
 
 
 POLICIES = ("measure", "model")
@@ -141,16 +169,28 @@ class Choice:
         (default: the first candidate).
     blas : tuple of str, optional
         The candidates that run (possibly multi-threaded) BLAS; see ``BLAS_SPIN_S``.
+    deferred : dict, optional
+        ``candidate -> set-up seconds`` (a callable, asked when the candidate's
+        turn comes): candidates measured only within ``EXPLORE_BUDGET``
+        (never the first one)...
+    expected : dict, optional
+        ... unless the cost model's time per input row for the candidate
+        (``candidate -> seconds``) is below the best measured so far: then it
+        is measured in its turn.
     """
 
-    __slots__ = ("_best", "_blas", "_confirm_after", "_confirmed", "_fixed", "_idx", "_lock", "_quiet_until",
-                 "_rounds", "_seen", "_slow", "_tick", "_times", "_warm", "candidates", "chosen", "frozen",
-                 "n_remeasured", "reason")
+    __slots__ = ("_best", "_blas", "_confirm_after", "_confirmed", "_deferred", "_done", "_expected", "_explore_at",
+                 "_fixed", "_idx", "_lock", "_pending", "_quiet_until", "_rounds", "_rows", "_seen", "_slow", "_spent",
+                 "_tick", "_times", "_used", "_warm", "candidates", "chosen", "every", "frozen", "n_remeasured",
+                 "reason")
 
     def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False,
-                 prior: str | None = None, blas: tuple = ()):
+                 prior: str | None = None, blas: tuple = (), deferred: dict | None = None,
+                 expected: dict | None = None):
         self.candidates = tuple(candidates)
         self._blas = frozenset(blas)
+        self._deferred = {c: f for c, f in (deferred or {}).items() if c in self.candidates[1:]}
+        self._expected = dict(expected or {})
         self.reason = reason
         self.frozen = frozen
         self.chosen = chosen if chosen is not None else (self.candidates[0] if len(self.candidates) == 1 else None)
@@ -162,7 +202,18 @@ class Choice:
             self._fixed = False
         self._lock = threading.Lock()
         self._tick = 0
+        # Seconds of calls run through this choice (estimated from the timed ones once chosen),
+        # and the estimated price of the deferred measuring started so far.
+        self._spent = self._used = 0.0
+        self._rows = 1
         self._reset()
+        if self.chosen is None and len(self.candidates) > 1 and set(self.candidates[1:]) <= set(self._deferred):
+            # Nothing to compare the first candidate with until the calls have earned the others:
+            # it runs at once, timed one call in WATCH_EVERY like a settled choice, and those
+            # calls are its samples (no slow-path measuring calls at the start).
+            self.chosen = self.candidates[0]
+            self._done.add(self.chosen)
+            self._pending = list(range(1, len(self.candidates)))
         self.n_remeasured = 0
 
     def _reset(self) -> None:
@@ -176,11 +227,58 @@ class Choice:
         self._confirm_after = None
         self._confirmed = False
         self._quiet_until = 0.0
+        self._done: set = set()  # candidates measured in full in this round
+        self._pending: list = []  # deferred candidates not measured yet, by index
+        self._explore_at = -1.0  # seconds of calls that pay for the first pending one (< 0: to be priced)
+        self.every = WATCH_EVERY
 
     @property
     def settled(self) -> bool:
-        """Whether the choice is made and no confirming round is still due."""
-        return self.chosen is not None and self._confirm_after is None
+        """Whether the choice is made and no confirming round or deferred measuring is still due."""
+        return self.chosen is not None and self._confirm_after is None and not self._pending
+
+    def _lead(self) -> float:
+        return min((min(t) for t in self._times.values() if t), default=0.0)
+
+    def _price(self, candidate: str) -> float:
+        """The estimated cost of measuring a deferred ``candidate`` now (seconds)."""
+        return float(self._deferred[candidate]()) + EXPLORE_CALLS * self._lead() * self._rows
+
+    def _affordable(self, candidate: str) -> bool:
+        return (candidate not in self._deferred
+                or self._expected.get(candidate, math.inf) < self._lead()
+                or self._used + self._price(candidate) <= EXPLORE_BUDGET * self._spent)
+
+    def _set_every(self) -> None:
+        call = self._best * self._rows
+        self.every = WATCH_EVERY if not call < WATCH_S / WATCH_EVERY else min(WATCH_MAX, math.ceil(WATCH_S / call))
+
+    def _threshold(self) -> float:
+        """The seconds of calls (``_spent``) from which the first pending candidate is affordable."""
+        c = self.candidates[self._pending[0]]
+        if self._expected.get(c, math.inf) < self._lead():
+            return 0.0
+        return (self._used + self._price(c)) / EXPLORE_BUDGET
+
+    def _next_block(self, start: int) -> int:
+        """The index of the next candidate to measure in this round from ``start`` (``len`` if none);
+        deferred candidates not affordable yet are skipped and kept pending."""
+        for j in range(start, len(self.candidates)):
+            c = self.candidates[j]
+            if c in self._done:
+                continue
+            if c in self._deferred and not self._affordable(c):
+                if j not in self._pending:
+                    self._pending.append(j)
+                    self._explore_at = -1.0
+                continue
+            if c in self._deferred:
+                self._used += self._price(c)
+                if j in self._pending:
+                    self._pending.remove(j)
+                    self._explore_at = -1.0
+            return j
+        return len(self.candidates)
 
     # -- the per-call protocol ------------------------------------------------
     def next(self) -> str:
@@ -197,14 +295,42 @@ class Choice:
             return False
         # A lost increment between threads only shifts which call is timed.
         self._tick = t = self._tick + 1
-        return t % WATCH_EVERY == 0
+        return t % self.every == 0
 
     def record(self, candidate: str, seconds: float, rows: int) -> None:
         """Report that ``candidate`` took ``seconds`` for ``rows`` input rows."""
         per_row = seconds / max(rows, 1)
+        self._rows = max(rows, 1)
         if self.chosen is not None:
             if self.frozen or self._fixed or len(self.candidates) == 1 or candidate != self.chosen:
                 return
+            if self._pending:
+                # One call in WATCH_EVERY is timed: it stands for them all, and it is a sample
+                # of the running candidate (the lowest SAMPLES kept, as a measuring round would).
+                self._spent += seconds * self.every
+                times = self._times[candidate]
+                if len(times) < SAMPLES:
+                    times.append(per_row)
+                elif per_row < max(times):
+                    times[times.index(max(times))] = per_row
+                if per_row < self._best:
+                    self._best = per_row
+                    self._explore_at = -1.0  # a new lead: priced again
+                    self._set_every()
+                if self._explore_at < 0:
+                    self._explore_at = self._threshold()
+                if self._spent >= self._explore_at and self._affordable(self.candidates[self._pending[0]]):
+                    with self._lock:
+                        if self.chosen is not None and not self.frozen and self._pending:
+                            # Measure the deferred candidate now; the ones already measured stand.
+                            if self.chosen in self._blas:
+                                self._quiet_until = time.perf_counter() + BLAS_SPIN_S
+                            self._idx = self._next_block(0)
+                            if self._idx < len(self.candidates):
+                                c = self.candidates[self._idx]
+                                self._seen[c], self._warm[c] = 0, math.inf
+                                self.chosen = None
+                    return
             if self._confirm_after is not None and self._tick >= CONFIRM_AFTER:
                 now = time.perf_counter()
                 if now >= self._confirm_after:
@@ -217,10 +343,11 @@ class Choice:
                             if self.chosen in self._blas:
                                 self._quiet_until = now + BLAS_SPIN_S
                             self.chosen = None
-                            self._idx = 0
                             self._seen = {c: 0 for c in self.candidates}
                             self._warm = {c: math.inf for c in self.candidates}
                             self._rounds += 1
+                            self._done = set()
+                            self._idx = self._next_block(0)
                     return
             if per_row > DRIFT * self._best:
                 self._slow += 1
@@ -231,6 +358,7 @@ class Choice:
                             self.chosen = None
                             self.n_remeasured += 1
                             self._reset()
+                            self._idx = self._next_block(0)
                             if was_blas:
                                 self._quiet_until = time.perf_counter() + BLAS_SPIN_S
             else:
@@ -239,6 +367,7 @@ class Choice:
         with self._lock:
             if self.chosen is not None or candidate != self.candidates[self._idx]:
                 return  # a concurrent call that started before the block moved on
+            self._spent += seconds
             seen = self._seen[candidate] = self._seen[candidate] + 1
             in_blas_wake = (self._quiet_until and candidate not in self._blas
                             and time.perf_counter() < self._quiet_until)
@@ -257,23 +386,27 @@ class Choice:
                     return
                 # Far behind a candidate already measured in full: its other samples would only
                 # cost calls on the slow path.
-            self._idx += 1
+            self._done.add(candidate)
+            self._idx = self._next_block(self._idx + 1)
             if self._idx < len(self.candidates):
                 return
-            best = sorted((min(t), c) for c, t in self._times.items())
-            (t0, c0), (t1, _) = best[0], best[1]
-            if t1 <= t0 * (1 + CLOSE) and self._confirmed and self._rounds < MAX_ROUNDS:
+            best = sorted((min(t), c) for c, t in self._times.items() if t)
+            (t0, c0), t1 = best[0], (best[1][0] if len(best) > 1 else math.inf)
+            if t1 <= t0 * (1 + CLOSE) and self._confirmed and self._rounds < MAX_ROUNDS and not self._pending:
                 self._rounds += 1
-                self._idx = 0
+                self._done = set()
+                self._idx = self._next_block(0)
                 return
             self._best = t0
+            self._set_every()
             self._tick = 0
             # A candidate cut short by EARLY_OUT was decided by one timed call: a hiccup there
             # (a page fault, a preempted core) would lock in the other path for good, so such a
             # choice is confirmed once, as a close call is (a 135 x 172 layer's dense BLAS timed
             # once at 44.8 us/row, 18x its true 2.5 us, kept the slower sparse kernel).
-            timed_once = any(len(t) < SAMPLES * self._rounds for t in self._times.values())
-            if not self._confirmed and (t1 < t0 * CONFIRM_RATIO or timed_once):
+            timed_once = any(0 < len(t) < SAMPLES * self._rounds for t in self._times.values())
+            # With a deferred candidate still pending, the confirming round waits for it.
+            if not self._confirmed and not self._pending and (t1 < t0 * CONFIRM_RATIO or timed_once):
                 self._confirm_after = time.perf_counter() + CONFIRM_AFTER_S
             self.chosen = c0
 
@@ -303,6 +436,10 @@ class Choice:
             return "cost model"
         if self.frozen:
             return "frozen"
+        if self._pending:
+            later = ", ".join(self.candidates[j] for j in self._pending)
+            return (f"measured so far; {later} to be measured once the calls have earned it "
+                    f"(within {EXPLORE_BUDGET:.0%} of their time)")
         if self._confirm_after is not None:
             return "measured; a close call or a path timed once, to be measured once more"
         return "measured twice" if self._confirmed else "measured"

@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from sparseprune.inference.dispatch import WATCH_EVERY, Choice, bucket_of
+from sparseprune.inference.dispatch import FRESH_BYTE_S, Choice, bucket_of
 from sparseprune.inference.spmm import _activate_inplace, _aligned_empty, _forced_method
 from sparseprune.inference.threads import _num_threads_now, parallel_pays, run_parallel
 from sparseprune.kernels import plan as _kp
@@ -195,6 +195,7 @@ class ModelPlan:
         self.choices: dict[tuple, Choice] = {}
         # Settled batch sizes' direct path: rows -> (choice, path, runner, threads, watch).
         self._hot: dict[int, tuple] = {}
+        self._fused_runners: dict[tuple, object] = {}
         self._lock = threading.Lock()
 
     def _layout(self, parts) -> _FusedLayout:
@@ -286,16 +287,26 @@ class ModelPlan:
                                        "(batched kernels).")
         fused = ("fused",)
         why = ""
+        deferred = None
         if self._offer_fused_dense and bucket * self._dense_work_per_row <= FUSED_MAX_WORK:
-            self._dense_layout()
             # The cheaper by the cost model's price goes first (and is the pick if measuring is off).
             dense_first = self._dense_priced < self._priced
             fused = ("fused-dense", "fused") if dense_first else ("fused", "fused-dense")
             why = " with its sparse layers gathered or every layer dense,"
+            if not dense_first:
+                # Expected to lose: measured once the calls have paid for its dense copy.
+                deferred = {"fused-dense": self._dense_setup_s}
         if work <= FUSED_ONLY_WORK:
             return Choice(fused, f"{work:,} multiply-adds per call: one compiled call for all layers"
-                                 f"{why.rstrip(',')}" + (" (both measured)." if why else "."))
-        return Choice(fused + ("layers",), f"one compiled call{why} or layer by layer: measured on the first calls.")
+                                 f"{why.rstrip(',')}" + (" (both measured)." if why else "."), deferred=deferred)
+        return Choice(fused + ("layers",), f"one compiled call{why} or layer by layer: measured on the first calls.",
+                      deferred=deferred)
+
+    def _dense_setup_s(self) -> float:
+        """The estimated cost of making the ``"fused-dense"`` layout (0 once made)."""
+        if "fused-dense" in self._fused_layouts:
+            return 0.0
+        return FRESH_BYTE_S * self._dense_work_per_row * self.dtype.itemsize
 
     def run(self, X: np.ndarray, checked: bool = False):
         """The network's output for a C-contiguous ``X`` of the plan's dtype and width.
@@ -311,7 +322,7 @@ class ModelPlan:
                 if not watch:
                     return runner(X, checked)
                 ch._tick = t = ch._tick + 1
-                if t % WATCH_EVERY:
+                if t % ch.every:
                     return runner(X, checked)
                 t0 = time.perf_counter()
                 Y = runner(X, checked)
@@ -346,26 +357,43 @@ class ModelPlan:
 
     def _runner(self, path: str, n: int, n_threads: int):
         """``run(X, checked)`` for ``n`` rows on ``path``: the kernel variant, or the layers'
-        threading hint, decided once (a settled batch size keeps its runner in ``_hot``)."""
+        threading hint, decided once (a settled batch size keeps its runner in ``_hot``; the
+        fused ones are kept per key, for the measuring calls)."""
         if path != "layers":
-            layout = self._layout_for(path)
-            args = layout.args
-            shape, dtype = (n, self._width_out), self.dtype
-            if n > 1 and parallel_pays("fused", n * layout.work_per_row, n_threads):
-                parts = min(n, n_threads)
+            key = (path, n, n_threads)
+            run = self._fused_runners.get(key)
+            if run is None:
+                run = self._fused_runner(path, n, n_threads)
+                with self._lock:
+                    if len(self._fused_runners) > 64:
+                        self._fused_runners.clear()
+                    self._fused_runners[key] = run
+            return run
+        return self._layers_runner(n, n_threads)
 
-                def fused(X, checked):
-                    Y = np.empty(shape, dtype)
-                    bad = run_parallel(_kp.forward_parallel, X, *args, Y, parts)
-                    return None if bad and not checked else Y
-            else:
-                kern = _kp.forward_serial
+    def _fused_runner(self, path: str, n: int, n_threads: int):
+        """The fused call on ``path``'s layout, its serial or parallel kernel fixed for ``n`` rows."""
+        layout = self._layout_for(path)
+        args = layout.args
+        shape, dtype = (n, self._width_out), self.dtype
+        if n > 1 and parallel_pays("fused", n * layout.work_per_row, n_threads):
+            parts = min(n, n_threads)
 
-                def fused(X, checked):
-                    Y = np.empty(shape, dtype)
-                    return None if kern(X, *args, Y, 1) and not checked else Y
+            def fused(X, checked):
+                Y = np.empty(shape, dtype)
+                bad = run_parallel(_kp.forward_parallel, X, *args, Y, parts)
+                return None if bad and not checked else Y
+        else:
+            kern = _kp.forward_serial
 
-            return fused
+            def fused(X, checked):
+                Y = np.empty(shape, dtype)
+                return None if kern(X, *args, Y, 1) and not checked else Y
+
+        return fused
+
+    def _layers_runner(self, n: int, n_threads: int):
+        # Not kept: the threading hint follows the layers' own choices, which change while they measure.
         method = _forced_method() or "auto"
         among_sparse = n_threads > 1 and any(
             not isinstance(op, _DenseOp) and op._runs_parallel(n, n_threads) for op in self._ops)

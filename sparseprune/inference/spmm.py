@@ -53,7 +53,7 @@ import scipy.sparse as sp
 
 from sparseprune._validation import FLOAT_DTYPES, check_float_matrix, check_int
 from sparseprune.inference import costmodel as _cal
-from sparseprune.inference.dispatch import WATCH_EVERY, Choice, bucket_of
+from sparseprune.inference.dispatch import FRESH_BYTE_S, Choice, bucket_of
 from sparseprune.inference.threads import (
     _num_threads_now,
     parallel_pays,
@@ -276,7 +276,7 @@ def _forced_method() -> str | None:
     return m if m in ("dense", "sparse") else None
 
 
-def _new_choice(prior: Decision) -> Choice:
+def _new_choice(prior: Decision, dense_setup_s=None) -> Choice:
     """The measuring dispatcher's candidates for one layer and batch bucket, from the cost model's prior.
 
     A path predicted ``HOPELESS`` times slower than the other is not
@@ -300,12 +300,17 @@ def _new_choice(prior: Decision) -> Choice:
     if td * _cal.HOPELESS <= ts:
         return Choice(("dense",), f"the cost model predicts dense {ts / td:.1f}x faster: sparse not measured.")
     # Sparse first: its block is then timed before this layer's BLAS calls wake BLAS's spinning workers.
+    # Where the sparse calls measure faster than the cost model's dense price, dense is measured
+    # once the calls have paid for it (its dense copy of the weights and its calls;
+    # dispatch.EXPLORE_BUDGET), else right after sparse.
+    deferred = {"dense": dense_setup_s} if dense_setup_s is not None else None
     return Choice(("sparse", "dense"), f"the cost model predicts sparse at {ts / td:.2f}x the dense time: "
-                                       "both measured.", prior=prior.path, blas=("dense",))
+                                       "both measured.", prior=prior.path, blas=("dense",), deferred=deferred,
+                  expected={"dense": td / max(1, prior.batch)})
 
 
 def _kernel_name(batch: int, nnz: int) -> str:
-    n = numba.get_num_threads()
+    n = _num_threads_now()
     parallel = _goes_parallel(nnz, max(batch, 1), n)
     if batch <= ROWS_MAX_BATCH or nnz * batch <= ROWS_MAX_WORK:
         par = _goes_parallel(nnz * batch, 1, n)
@@ -326,7 +331,7 @@ def _width_for(batch: int) -> int:
 
 def _decide(batch: int, shape, nnz: int, *, method: str, weights: str) -> Decision:
     n_out, n_in = shape
-    n_threads = numba.get_num_threads()
+    n_threads = _num_threads_now()
     density = nnz / (n_out * n_in) if n_out * n_in else 0.0
     sparse_kernel = _kernel_name(batch, nnz)
     dense_kernel = "numpy matmul (BLAS)"
@@ -763,6 +768,12 @@ class SparseLinear:
                     self._dense_w = self.weight.toarray()
         return self._dense_w
 
+    def _dense_setup_s(self) -> float:
+        """The estimated cost of making the dense copy of the weights (0 once made)."""
+        if self._dense_w is not None:
+            return 0.0
+        return FRESH_BYTE_S * self.shape[0] * self.shape[1] * self.dtype.itemsize
+
     def _tiled(self, width: int = 16, by_blocks: bool = False) -> _Tiled:
         """The tiled layout for the kernel of ``width`` lanes, run on whole input blocks per thread
         (``by_blocks``) or on shared ranges of W's rows; kept per panel width and chunk size."""
@@ -791,7 +802,7 @@ class SparseLinear:
     def _decision(self, batch: int, method: str, n_threads: int | None = None) -> Decision:
         """The cost model's verdict (the prior of the measuring dispatcher), cached per key."""
         if n_threads is None:
-            n_threads = numba.get_num_threads()
+            n_threads = _num_threads_now()
         key = (batch, method, n_threads, _cal.generation)
         d = self._decisions.get(key)
         if d is None:
@@ -811,7 +822,8 @@ class SparseLinear:
             with self._lock:
                 ch = self._choices.get(key)
                 if ch is None:
-                    ch = self._choices[key] = _new_choice(self._decision(bucket, "auto", n_threads))
+                    ch = self._choices[key] = _new_choice(self._decision(bucket, "auto", n_threads),
+                                                          self._dense_setup_s)
         return ch
 
     def explain(self, X, method: str = "auto") -> Decision:
@@ -882,10 +894,10 @@ class SparseLinear:
                     self.last_path = path
                     if not watch:
                         return run(X)
-                    # Timed one call in WATCH_EVERY for drift (a lost increment between threads
+                    # Timed one call in ch.every for drift (a lost increment between threads
                     # only shifts which call is timed).
                     ch._tick = t = ch._tick + 1
-                    if t % WATCH_EVERY:
+                    if t % ch.every:
                         return run(X)
                     t0 = time.perf_counter()
                     Y = run(X)
