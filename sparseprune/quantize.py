@@ -69,7 +69,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparseprune._validation import check_float_matrix, check_int
-from sparseprune.inference.dispatch import Choice, bucket_of
+from sparseprune.inference.dispatch import FRESH_BYTE_S, Choice, bucket_of
 from sparseprune.inference.spmm import (
     BLOCK_ROWS_PER_CHUNK,
     PAD_TO,
@@ -1109,6 +1109,13 @@ class QuantizedLinear:
                     self._float = SparseLinear(self.Q.dequantize(), self.bias, self.activation)
         return self._float
 
+    def _float_setup_s(self) -> float:
+        """The estimated cost of making the float copy (0 once made): its data, two index
+        arrays and a 16-bit copy of the column indices, in fresh memory."""
+        if self._float is not None:
+            return 0.0
+        return FRESH_BYTE_S * self.Q.nnz * (self.dtype.itemsize + 4 + 4 + 2)
+
     def _choice_for(self, bucket: int, n_threads: int):
         key = (bucket, n_threads)
         ch = self._choices.get(key)
@@ -1117,8 +1124,11 @@ class QuantizedLinear:
                 ch = self._choices.get(key)
                 if ch is None:
                     if self._float_ok:
-                        ch = Choice(("quantized", "float"), "both measured on the first calls (a float copy of "
-                                    "this layer is small enough to keep).")
+                        # The float copy is measured once the calls have paid for making it
+                        # (dispatch.EXPLORE_BUDGET): the codes run from the first call.
+                        ch = Choice(("quantized", "float"), "both measured (a float copy of this layer is "
+                                    "small enough to keep; made once the calls have paid for it).",
+                                    deferred={"float": self._float_setup_s})
                     else:
                         ch = Choice(("quantized",), "the float copy would exceed FLOAT_COPY_MAX_BYTES: the "
                                     "codes are the cheaper stream.")
@@ -1137,7 +1147,7 @@ class QuantizedLinear:
             return self._run("quantized", X)
         ch = self._choice_for(bucket_of(batch), _num_threads_now())
         path = ch.next()
-        if ch.frozen or len(ch.candidates) == 1:
+        if not ch.watch():  # frozen, the only candidate, or a settled call not timed (one in ch.every is)
             return self._run(path, X)
         t0 = time.perf_counter()
         Y = self._run(path, X)

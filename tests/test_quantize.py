@@ -455,3 +455,34 @@ def test_batch1_register_codebook_kernel(bits):
         np.testing.assert_allclose(got, ref_linear(x, Q.dequantize().toarray(), b, act), rtol=1e-5, atol=1e-5)
     x[0, 5] = np.nan
     assert np.isnan(qlinear(x, Q, b)[0, Q.dequantize().toarray()[:, 5] != 0]).all()
+
+
+@pytest.mark.dispatcher
+def test_quantized_layer_measures_its_float_copy_once_paid_for(monkeypatch):
+    # The codes run from the first call; the float copy is made and measured once the calls have
+    # paid for it (dispatch.EXPLORE_BUDGET); every answer matches the dequantized reference.
+    import sparseprune
+    from sparseprune.inference import dispatch
+    from sparseprune.quantize import QuantizedLinear
+
+    monkeypatch.setattr(dispatch, "CONFIRM_AFTER_S", 0.0)
+    rng = np.random.default_rng(5)
+    W = random_csr(rng, 200, 120, 0.2)
+    Q = quantize(W, bits=4, scheme="kmeans")
+    b = rng.standard_normal(200).astype(np.float32)
+    layer = QuantizedLinear(Q, b, "relu")
+    X = rng.standard_normal((4, 120)).astype(np.float32)
+    ref = ref_linear(X, ref_dequantize(Q).astype(np.float32), b, "relu")
+    ch = layer._choice_for(4, sparseprune.get_num_threads())
+    assert ch.chosen == "quantized" and not ch.settled and layer._float is None
+    paths = []
+    for _ in range(20000):
+        np.testing.assert_allclose(layer(X), ref, rtol=1e-4, atol=1e-4)
+        paths.append(layer.last_path)
+        if ch.settled:
+            break
+    assert ch.settled and paths[0] == "quantized" and "float" in paths and layer._float is not None
+    assert set(ch.measured) == {"quantized", "float"}
+    # The copy came only after the calls had paid for it: its price within the budget of their time.
+    first_float = paths.index("float")
+    assert first_float >= dispatch.WATCH_EVERY

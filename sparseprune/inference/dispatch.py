@@ -253,9 +253,9 @@ class Choice:
         call = self._best * self._rows
         self.every = WATCH_EVERY if not call < WATCH_S / WATCH_EVERY else min(WATCH_MAX, math.ceil(WATCH_S / call))
 
-    def _threshold(self) -> float:
-        """The seconds of calls (``_spent``) from which the first pending candidate is affordable."""
-        c = self.candidates[self._pending[0]]
+    def _threshold(self, j: int) -> float:
+        """The seconds of calls (``_spent``) from which pending candidate ``j`` is affordable."""
+        c = self.candidates[j]
         if self._expected.get(c, math.inf) < self._lead():
             return 0.0
         return (self._used + self._price(c)) / EXPLORE_BUDGET
@@ -304,22 +304,22 @@ class Choice:
         if self.chosen is not None:
             if self.frozen or self._fixed or len(self.candidates) == 1 or candidate != self.chosen:
                 return
-            if self._pending:
-                # One call in WATCH_EVERY is timed: it stands for them all, and it is a sample
-                # of the running candidate (the lowest SAMPLES kept, as a measuring round would).
+            pending = self._pending[:1]  # a copy: another thread may empty the list meanwhile
+            if pending:
+                # One call in ``every`` is timed: it stands for them all, and it is a sample of the
+                # running candidate (the lowest SAMPLES kept, as a measuring round would; the list
+                # is replaced, not edited, so concurrent calls never see it half-changed).
                 self._spent += seconds * self.every
                 times = self._times[candidate]
-                if len(times) < SAMPLES:
-                    times.append(per_row)
-                elif per_row < max(times):
-                    times[times.index(max(times))] = per_row
+                if len(times) < SAMPLES or per_row < max(times):
+                    self._times[candidate] = sorted([*times, per_row])[:SAMPLES]
                 if per_row < self._best:
                     self._best = per_row
                     self._explore_at = -1.0  # a new lead: priced again
                     self._set_every()
                 if self._explore_at < 0:
-                    self._explore_at = self._threshold()
-                if self._spent >= self._explore_at and self._affordable(self.candidates[self._pending[0]]):
+                    self._explore_at = self._threshold(pending[0])
+                if self._spent >= self._explore_at and self._affordable(self.candidates[pending[0]]):
                     with self._lock:
                         if self.chosen is not None and not self.frozen and self._pending:
                             # Measure the deferred candidate now; the ones already measured stand.
@@ -330,7 +330,7 @@ class Choice:
                                 c = self.candidates[self._idx]
                                 self._seen[c], self._warm[c] = 0, math.inf
                                 self.chosen = None
-                    return
+                return
             if self._confirm_after is not None and self._tick >= CONFIRM_AFTER:
                 now = time.perf_counter()
                 if now >= self._confirm_after:
@@ -436,8 +436,9 @@ class Choice:
             return "cost model"
         if self.frozen:
             return "frozen"
-        if self._pending:
-            later = ", ".join(self.candidates[j] for j in self._pending)
+        pending = list(self._pending)
+        if pending:
+            later = ", ".join(self.candidates[j] for j in pending)
             return (f"measured so far; {later} to be measured once the calls have earned it "
                     f"(within {EXPLORE_BUDGET:.0%} of their time)")
         if self._confirm_after is not None:
