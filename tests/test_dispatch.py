@@ -215,6 +215,11 @@ def test_a_deferred_candidate_waits_until_the_calls_have_paid_for_it(monkeypatch
     due = price / dispatch.EXPLORE_BUDGET
     paths, _ = _run(ch, times, int(due) - dispatch.WATCH_EVERY)
     assert set(paths) == {"sparse"} and ch.measured == {"sparse": 1.0}
+    # Frozen while it waits: settled, and the deferred candidate is never measured.
+    frozen = Choice(("sparse", "dense"), deferred={"dense": lambda: 40.0})
+    _run(frozen, times, 3 * dispatch.WATCH_EVERY)
+    frozen.freeze()
+    assert frozen.settled and frozen.state() == "frozen" and set(_run(frozen, times, 2000)[0]) == {"sparse"}
     # Made before its turn comes (by another caller), the copy costs nothing: only its calls count.
     setup[0] = 0.0
     paths, _ = _run(ch, times, 2 * dispatch.WATCH_EVERY)

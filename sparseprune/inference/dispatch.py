@@ -425,6 +425,9 @@ class Choice:
                 m = self.measured
                 self.chosen = min(m, key=m.get) if m else self.candidates[0]
             self.frozen = True
+            # Nothing more to measure: no deferred candidate, no confirming round.
+            self._pending = []
+            self._confirm_after = None
 
     def state(self) -> str:
         if self.chosen is None:
