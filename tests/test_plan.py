@@ -177,6 +177,32 @@ def test_explain_measure_and_freeze(tmp_path):
     assert zipfile.is_zipfile(path)
 
 
+@pytest.mark.dispatcher
+@pytest.mark.parametrize("sparsity", [0.9, 0.95])
+def test_settled_once_every_candidate_is_measured(sparsity):
+    # Whichever of the fused calls goes first, the other is measured (at once, or once the calls
+    # have paid for its dense copy) before the plan reports itself settled; answers stay right.
+    from sparseprune.studies.common import settle_plan
+
+    m, X = _fit(n_in=64, hidden=(300, 100), n_classes=10)
+    m.prune(sparsity=sparsity, scope="layer")
+    x1 = np.ascontiguousarray(X[:1])
+    assert not m.plan_.settled(1)
+    m.predict(x1)
+    ch = m.plan_.choices[(1, sparseprune.get_num_threads())]
+    assert set(ch.candidates) == {"fused", "fused-dense"} and not m.plan_.settled(1)
+    assert settle_plan(m, x1, 10.0) and m.plan_.settled(1) and ch.settled
+    assert set(ch.measured) == {"fused", "fused-dense"}
+    np.testing.assert_allclose(m.predict_proba(x1), ref_mlp(model_layers(m), x1, "relu", "softmax"),
+                               rtol=2e-4, atol=2e-5)
+    # Layer by layer (batch 256): settled only once each sparse layer's own choice is.
+    X256 = np.ascontiguousarray(np.resize(X, (256, 64)))
+    assert settle_plan(m, X256, 10.0)
+    threads = sparseprune.get_num_threads()
+    assert m.plan_.choices[(256, threads)].chosen == "layers"
+    assert all(op._choice_for(256, threads).settled for op in m.plan_._ops if hasattr(op, "_choice_for"))
+
+
 def test_fused_dense_is_a_candidate_unless_hopeless(tmp_path):
     """A small model at moderate sparsity measures its fused call with every layer dense too
     (gathers can lose there); at 99.9 % the cost model leaves it out."""

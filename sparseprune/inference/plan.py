@@ -427,6 +427,33 @@ class ModelPlan:
         return self._runner("layers", X.shape[0], n_threads)(X, checked)
 
     # -- inspection --------------------------------------------------------------
+    def settled(self, batch: int) -> bool:
+        """Whether measuring is over for ``batch`` rows on the current thread count.
+
+        True once the model-level choice for the batch's bucket is made with no
+        deferred candidate or confirming round still due and, where it runs
+        layer by layer, the same holds for each layer's choice. Calls then run
+        the chosen path only (timed one in ``Choice.every``, for drift). A
+        benchmark that wants the settled figures calls the model until this
+        holds (as ``sparseprune demo`` does).
+
+        Parameters
+        ----------
+        batch : int
+            Number of input rows.
+
+        Returns
+        -------
+        bool
+        """
+        n_threads = _num_threads_now()
+        b = bucket_of(batch)
+        ch = self.choices.get((b, n_threads))
+        if ch is None or not ch.settled:
+            return False
+        return ch.chosen != "layers" or all(isinstance(op, _DenseOp) or op._choice_for(b, n_threads).settled
+                                            for op in self._ops)
+
     def freeze(self) -> "ModelPlan":
         """Fix every choice measured so far (model level and per layer): no more measuring or re-checks.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -103,6 +104,22 @@ def batch_rows(X: np.ndarray, b: int) -> np.ndarray:
     """The first b test rows (tiled when the test split is smaller), C-contiguous."""
     reps = -(-b // X.shape[0])
     return np.ascontiguousarray(np.tile(X, (reps, 1))[:b] if reps > 1 else X[:b])
+
+
+def settle_plan(model, X: np.ndarray, budget_s: float) -> bool:
+    """Call ``model.predict(X)`` until its plan has settled for X's batch size (at most ``budget_s``).
+
+    A serving process's first calls measure the candidate paths (some only once
+    the calls have paid for them, a close call again 0.25 s later); timed
+    during those, a model shows a mix of paths. Returns whether it settled.
+    """
+    plan = model.plan_
+    deadline = time.perf_counter() + budget_s
+    while not plan.settled(X.shape[0]):
+        if time.perf_counter() > deadline:
+            return False
+        model.predict(X)
+    return True
 
 
 def time_fns(run: Run, fns: dict, settle: float | None) -> dict:

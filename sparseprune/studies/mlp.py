@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sparseprune.datasets import Dataset
-from sparseprune.studies.common import Bar, Run, baseline, latency
+from sparseprune.studies.common import Bar, Run, baseline, batch_rows, latency, settle_plan
 
 
 def mlp_stats(model, weights_total: int, biases_total: int, batches: Sequence[int]) -> dict:
@@ -119,6 +119,10 @@ def mlp_row(run: Run, ds: Dataset, dense, model, label: str, kind: str, target: 
     r.update(mlp_stats(model, sum(o * i for o, i in shapes), sum(o for o, _ in shapes), batches))
     r["accuracy"] = float(np.mean(model.predict(ds.X_test) == ds.y_test))
     if base is not None:
+        # Timed once the plan has finished measuring at each batch size, as a serving process
+        # runs after its first calls (and as the dense baseline, which has nothing to measure).
+        r["settled"] = {str(b): settle_plan(model, batch_rows(ds.X_test, b), 0.3 if run.quick else 1.5)
+                        for b in batches}
         r["latency"] = latency(run, ds.X_test, base, model.predict, batches, settle=settle)
         # What the model's plan ran at each batch size (measured on the calls above).
         r["ran"] = {str(b): plan_ran(model, b) for b in batches}
