@@ -209,8 +209,9 @@ class Choice:
         self._reset()
         if self.chosen is None and len(self.candidates) > 1 and set(self.candidates[1:]) <= set(self._deferred):
             # Nothing to compare the first candidate with until the calls have earned the others:
-            # it runs at once, timed one call in WATCH_EVERY like a settled choice, and those
-            # calls are its samples (no slow-path measuring calls at the start).
+            # it runs at once, timed one call in ``every`` like a settled choice, and those calls
+            # are its samples (no slow-path measuring calls at the start). Drift is not watched
+            # meanwhile: the deferred measuring comes first.
             self.chosen = self.candidates[0]
             self._done.add(self.chosen)
             self._pending = list(range(1, len(self.candidates)))

@@ -280,7 +280,11 @@ def _new_choice(prior: Decision, dense_setup_s=None) -> Choice:
     """The measuring dispatcher's candidates for one layer and batch bucket, from the cost model's prior.
 
     A path predicted ``HOPELESS`` times slower than the other is not
-    measured; otherwise both are, the predicted faster one first. Dense
+    measured; otherwise both are, sparse first. ``dense_setup_s()`` (the
+    price of the layer's dense copy, 0 once made) makes dense a deferred
+    candidate: measured right after sparse only where the sparse calls
+    measure slower than the cost model's dense time, else once the calls
+    have paid for it (:mod:`sparseprune.inference.dispatch`). Dense
     BLAS against the batched SpMM kernels is ruled out from
     ``HOPELESS_DENSE_SPMM`` already: there the cost model, calibrated on
     those kernels, was never more than 1.83x too optimistic about sparse on
