@@ -270,3 +270,39 @@ def test_short_calls_are_timed_less_often():
     while ch.chosen is None:
         call(ch, {"sparse": 1e-3, "dense": 7e-3})
     assert ch.every == dispatch.WATCH_EVERY
+
+
+def test_calls_far_apart_are_all_timed_and_a_choice_made_back_to_back_is_revised(monkeypatch):
+    # Measured on back-to-back calls, a parallel pass wins (47 against 60 us); called after idle
+    # spells (50 ms apart), it takes 400 us and the serial call 200 us. Once the calls come over
+    # SPORADIC_S apart every call is timed, so the drift rule sees the new pattern within
+    # DRIFT_CALLS calls and the choice is measured again on it.
+    clock = [0.0]
+    monkeypatch.setattr(dispatch.time, "perf_counter", lambda: clock[0])
+    ch = Choice(("fused", "layers"))
+    warm = {"fused": 60e-6, "layers": 47e-6}
+    n = 0
+    while not ch.settled or n < 100:
+        path = ch.next()
+        clock[0] += warm[path]
+        if ch.watch():
+            ch.record(path, warm[path], 1)
+        n += 1
+    assert ch.chosen == "layers" and ch.every == dispatch.WATCH_EVERY
+    cold = {"fused": 200e-6, "layers": 400e-6}
+    paths = []
+    for _ in range(dispatch.WATCH_EVERY + dispatch.DRIFT_CALLS + 4 * (dispatch.MAX_WARMUP + dispatch.SAMPLES)):
+        clock[0] += 0.05
+        path = ch.next()
+        clock[0] += cold[path]
+        if ch.watch():
+            ch.record(path, cold[path], 1)
+        paths.append(path)
+    assert ch.every == 1 and ch.n_remeasured == 1 and ch.chosen == "fused" and paths[-1] == "fused"
+    # Back to back again: timed one call in WATCH_EVERY (or fewer) once the pace is seen.
+    for _ in range(3 * dispatch.WATCH_EVERY):
+        path = ch.next()
+        clock[0] += warm[path]
+        if ch.watch():
+            ch.record(path, warm[path], 1)
+    assert ch.every == dispatch.WATCH_EVERY and ch.chosen == "fused"

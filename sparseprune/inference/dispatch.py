@@ -119,8 +119,15 @@ DRIFT_CALLS = 8
 WATCH_EVERY = 16
 #: ... or, on short calls, one in as many as take this long at the winner's time...
 WATCH_S = 200e-6
-#: ... but at least one in this many.
+#: ... but at least one in this many. Where the calls come far apart (over ``SPORADIC_S`` of
+#: wall time per call between two timed ones: a program calling among its own work), every call
+#: is timed: its bookkeeping is then nothing next to the wall time, and a choice measured on
+#: back-to-back calls is re-checked within ``DRIFT_CALLS`` calls of the new pattern (a parallel
+#: layer-by-layer pass of a 784-1024-1024-10 model won warm at 47 against 60 us, and took 400 us
+#: against the fused serial call's 200 us when called after idle spells; one timed call in 16
+#: took ~170 such calls to notice).
 WATCH_MAX = 256
+SPORADIC_S = 1e-3
 #: After a multi-threaded BLAS call OpenBLAS's workers spin this long: when a choice that ran
 #: a BLAS candidate (``blas``) is measured again, the other candidates' calls in this window
 #: are warm-up, not timed (a parallel sparse layer, 2568 x 78 at batch 27: 123-131 us per call
@@ -180,9 +187,9 @@ class Choice:
     """
 
     __slots__ = ("_best", "_blas", "_confirm_after", "_confirmed", "_deferred", "_done", "_expected", "_explore_at",
-                 "_fixed", "_idx", "_lock", "_pending", "_quiet_until", "_rounds", "_rows", "_seen", "_slow", "_spent",
-                 "_tick", "_times", "_used", "_warm", "candidates", "chosen", "every", "frozen", "n_remeasured",
-                 "reason")
+                 "_fixed", "_idle", "_idx", "_last_watch", "_lock", "_pending", "_quiet_until", "_rounds", "_rows",
+                 "_seen", "_slow", "_spent", "_tick", "_times", "_used", "_warm", "candidates", "chosen", "every",
+                 "frozen", "n_remeasured", "reason")
 
     def __init__(self, candidates: tuple, reason: str = "", chosen: str | None = None, frozen: bool = False,
                  prior: str | None = None, blas: tuple = (), deferred: dict | None = None,
@@ -206,6 +213,7 @@ class Choice:
         # and the estimated price of the deferred measuring started so far.
         self._spent = self._used = 0.0
         self._rows = 1
+        self._idle = 0.0  # idle seconds between calls, as last seen on timed calls
         self._reset()
         if self.chosen is None and len(self.candidates) > 1 and set(self.candidates[1:]) <= set(self._deferred):
             # Nothing to compare the first candidate with until the calls have earned the others:
@@ -232,6 +240,7 @@ class Choice:
         self._pending: list = []  # deferred candidates not measured yet, by index
         self._explore_at = -1.0  # seconds of calls that pay for the first pending one (< 0: to be priced)
         self.every = WATCH_EVERY
+        self._last_watch = 0.0  # perf_counter of the last timed call once chosen (0: none yet)
 
     @property
     def settled(self) -> bool:
@@ -250,9 +259,22 @@ class Choice:
                 or self._expected.get(candidate, math.inf) < self._lead()
                 or self._used + self._price(candidate) <= EXPLORE_BUDGET * self._spent)
 
-    def _set_every(self) -> None:
+    def _set_every(self, idle_per_call: float = 0.0) -> None:
+        """Calls per timed call: from the winner's time, or 1 where calls come ``SPORADIC_S`` apart."""
+        if idle_per_call > SPORADIC_S:
+            self.every = 1
+            return
         call = self._best * self._rows
         self.every = WATCH_EVERY if not call < WATCH_S / WATCH_EVERY else min(WATCH_MAX, math.ceil(WATCH_S / call))
+
+    def _pace(self, seconds: float) -> None:
+        """On a timed call (of ``seconds``) once chosen: the idle time between calls since the
+        last timed one, and so how often to time them."""
+        now = time.perf_counter()
+        last, self._last_watch = self._last_watch, now
+        if last:
+            self._idle = (now - last) / self.every - seconds
+            self._set_every(self._idle)
 
     def _threshold(self, j: int) -> float:
         """The seconds of calls (``_spent``) from which pending candidate ``j`` is affordable."""
@@ -305,19 +327,20 @@ class Choice:
         if self.chosen is not None:
             if self.frozen or self._fixed or len(self.candidates) == 1 or candidate != self.chosen:
                 return
+            calls = self.every  # the calls this timed one stands for
+            self._pace(seconds)
             pending = self._pending[:1]  # a copy: another thread may empty the list meanwhile
             if pending:
                 # One call in ``every`` is timed: it stands for them all, and it is a sample of the
                 # running candidate (the lowest SAMPLES kept, as a measuring round would; the list
                 # is replaced, not edited, so concurrent calls never see it half-changed).
-                self._spent += seconds * self.every
+                self._spent += seconds * calls
                 times = self._times[candidate]
                 if len(times) < SAMPLES or per_row < max(times):
                     self._times[candidate] = sorted([*times, per_row])[:SAMPLES]
                 if per_row < self._best:
                     self._best = per_row
                     self._explore_at = -1.0  # a new lead: priced again
-                    self._set_every()
                 if self._explore_at < 0:
                     self._explore_at = self._threshold(pending[0])
                 if self._spent >= self._explore_at and self._affordable(self.candidates[pending[0]]):
@@ -399,7 +422,9 @@ class Choice:
                 self._idx = self._next_block(0)
                 return
             self._best = t0
-            self._set_every()
+            # The pace seen before this round still holds (calls far apart stay timed each).
+            self._set_every(self._idle)
+            self._last_watch = time.perf_counter()
             self._tick = 0
             # A candidate cut short by EARLY_OUT was decided by one timed call: a hiccup there
             # (a page fault, a preempted core) would lock in the other path for good, so such a
