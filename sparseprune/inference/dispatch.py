@@ -68,8 +68,8 @@ How a :class:`Choice` measures, cheaply and robustly:
   the dispatcher's bookkeeping cold, 1-5 us on the Zen 5 VM, which was 4 %
   of a 64-300-100-10 model's first 100 calls at batch 1),
   and compared with the winner's measured minimum; ``DRIFT_CALLS`` such
-  calls in a row slower than ``DRIFT`` times it (a sustained change, not an
-  outlier) start a new measurement. Timing every call would add two clock
+  calls in a row slower than ``DRIFT`` times it, or faster than it by that
+  factor (a sustained change, not an outlier), start a new measurement. Timing every call would add two clock
   reads and a method call to every call of a layer that may take 2 us.
 - A frozen choice (``freeze``, or loaded with a model) never changes.
 
@@ -373,7 +373,9 @@ class Choice:
                             self._done = set()
                             self._idx = self._next_block(0)
                     return
-            if per_row > DRIFT * self._best:
+            # Drift either way: much slower (the machine got busy, the calls now come after idle
+            # spells), or much faster (a choice made on cold calls, now called back to back).
+            if per_row > DRIFT * self._best or per_row * DRIFT < self._best:
                 self._slow += 1
                 if self._slow >= DRIFT_CALLS:
                     with self._lock:
