@@ -144,7 +144,8 @@ def baseline(run: Run, X: np.ndarray, dense: Callable, batches: Sequence[int],
 
 
 def latency(run: Run, X: np.ndarray, baseline: dict, pruned: Callable, batches: Sequence[int],
-             extra: dict[str, Callable] | None = None, settle: float | None = None) -> dict:
+             extra: dict[str, Callable] | None = None, settle: float | None = None,
+             dense: Callable | None = None, paired: Sequence[int] = ()) -> dict:
     """Time the pruned model per batch size against ``baseline`` (from :func:`baseline`).
 
     speedup = baseline median / pruned median. The baseline is timed once per
@@ -152,7 +153,12 @@ def latency(run: Run, X: np.ndarray, baseline: dict, pruned: Callable, batches: 
     a third of the demo's time and only added noise. Baseline variants (e.g. a
     forest with ``n_jobs=1``) compete: the fastest becomes ``"dense"``, so the
     speedup is always against the best baseline measured (``"dense_variant"``
-    says which).
+    says which). At the batch sizes in ``paired`` the ``dense`` callable is
+    timed again with the pruned one, interleaved, instead: for calls of a few
+    microseconds a machine whose speed moves in spells longer than one
+    group's timing (seen: 7.0 and 10.3 µs for the same call in ~20 ms spells)
+    would otherwise decide the ratio. Only where neither side runs
+    multi-threaded BLAS, whose spinning workers would slow the other.
     """
     out = {}
     for b in batches:
@@ -160,7 +166,11 @@ def latency(run: Run, X: np.ndarray, baseline: dict, pruned: Callable, batches: 
         fns = {"pruned": lambda: pruned(Xb)}
         for name, fn in (extra or {}).items():
             fns[name] = lambda fn=fn: fn(Xb)
-        t = {**baseline[str(b)], **time_fns(run, fns, settle)}
+        if b in paired and dense is not None:
+            fns["dense"] = lambda: dense(Xb)
+            t = {**baseline[str(b)], **time_fns(run, fns, None)}
+        else:
+            t = {**baseline[str(b)], **time_fns(run, fns, settle)}
         variants = [k for k in baseline[str(b)] if k != "dense"]
         best = min(["dense", *variants], key=lambda k: t[k]["median_s"])
         t["dense_variant"] = best

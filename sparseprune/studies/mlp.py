@@ -123,7 +123,10 @@ def mlp_row(run: Run, ds: Dataset, dense, model, label: str, kind: str, target: 
         # runs after its first calls (and as the dense baseline, which has nothing to measure).
         r["settled"] = {str(b): settle_plan(model, batch_rows(ds.X_test, b), 0.3 if run.quick else 1.5)
                         for b in batches}
-        r["latency"] = latency(run, ds.X_test, base, model.predict, batches, settle=settle)
+        # Batch 1 runs one compiled call (no BLAS) for the dense model and every pruned one: there
+        # the dense model is timed again with each model, interleaved (see common.latency).
+        r["latency"] = latency(run, ds.X_test, base, model.predict, batches, settle=settle, dense=dense.predict,
+                               paired=(1,))
         # What the model's plan ran at each batch size (measured on the calls above).
         r["ran"] = {str(b): plan_ran(model, b) for b in batches}
         for lay, paths in zip(r["layers"], zip(*(plan_paths(model, b)[1] for b in batches))):
@@ -184,9 +187,10 @@ def study(run: Run, ds: Dataset, sparsities: Sequence[float]) -> dict:
         "dataset": ds.name,
         "architecture": "-".join(map(str, [ds.n_features, *hidden, ds.n_classes])),
         "batches": batches,
-        "latency_meaning": "dense = the trained dense MLP's predict (timed once per batch size); pruned = "
-                           "this model's predict (its plan measures dense and sparse per layer on its first "
-                           "calls); each timed as a group after a pause",
+        "latency_meaning": "dense = the trained dense MLP's predict; pruned = this model's predict, timed once "
+                           "its plan has settled (it measures the candidate paths on its first calls); batch 1: "
+                           "the two timed together, interleaved; larger batches: the dense model timed once per "
+                           "table, each timed as a group after a pause",
         "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in rc.items()},
         "rows": rows,
     }

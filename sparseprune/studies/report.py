@@ -201,7 +201,8 @@ def plot_latency_vs_sparsity(mlp: dict, path: Path) -> str:
         sweep = sorted((r for r in rows if r["kind"] in ("dense", "weight_pruning")), key=lambda r: r["sparsity"])
         elim = [r for r in rows if r["kind"] == "neuron_elimination"]
         groups = ((sweep, "pruned", "o-", "tab:blue", "pruned model"),
-                  (sweep, "dense", "x--", "tab:orange", "dense model (timed once per batch)"),
+                  (sweep, "dense", "x--", "tab:orange",
+                   "dense model (timed with each model)" if b == "1" else "dense model (timed once per batch)"),
                   (elim, "pruned", "s", "tab:green", "+ neuron elimination"))
         all_med = [r["latency"][b][key]["median_s"] * 1e6 for g, key, *_ in groups for r in g]
         top = _clip_axis(ax, all_med)
