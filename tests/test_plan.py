@@ -188,6 +188,9 @@ def test_settled_once_every_candidate_is_measured(sparsity):
     m.prune(sparsity=sparsity, scope="layer")
     x1 = np.ascontiguousarray(X[:1])
     assert not m.plan_.settled(1)
+    for bad, err in (("1", TypeError), (1.0, TypeError), (0, ValueError), (-3, ValueError)):
+        with pytest.raises(err, match="batch"):
+            m.plan_.settled(bad)
     m.predict(x1)
     ch = m.plan_.choices[(1, sparseprune.get_num_threads())]
     assert set(ch.candidates) == {"fused", "fused-dense"} and not m.plan_.settled(1)

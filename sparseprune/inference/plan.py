@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from sparseprune._validation import check_int
 from sparseprune.inference.dispatch import FRESH_BYTE_S, Choice, bucket_of
 from sparseprune.inference.spmm import _activate_inplace, _aligned_empty, _forced_method
 from sparseprune.inference.threads import _num_threads_now, parallel_pays, run_parallel
@@ -451,9 +452,14 @@ class ModelPlan:
         Returns
         -------
         bool
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``batch`` is not a positive int.
         """
         n_threads = _num_threads_now()
-        b = bucket_of(batch)
+        b = bucket_of(check_int(batch, "batch", low=1))
         ch = self.choices.get((b, n_threads))
         if ch is None or not ch.settled:
             return False
